@@ -1,0 +1,292 @@
+"""``tessera`` command line: doctor, generate, simulate, synth and the demo.
+
+Errors in the user's input print one ``tessera: error: ...`` line and exit with status 2; nothing is
+left half-written (outputs are assembled in a temporary directory and moved into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main"]
+
+FAMILIES = ("xc7", "xcup", "ecp5", "ice40")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+def _progress(message: str) -> None:
+    print(f"[tessera] {message}", file=sys.stderr, flush=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    return value
+
+
+def _gemm_config(args: argparse.Namespace) -> Any:
+    from tessera.models.gemm import GemmConfig
+
+    try:
+        return GemmConfig(rows=args.rows, cols=args.cols, dim_bits=args.dim_bits)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _add_engine_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("engine", choices=["gemm"], help="engine to build")
+    p.add_argument("--rows", type=_positive, default=4, help="MAC array rows (default 4)")
+    p.add_argument("--cols", type=_positive, default=4, help="MAC array columns (default 4)")
+    p.add_argument(
+        "--dim-bits", type=_positive, default=16, help="width of the M/N/K registers (default 16)"
+    )
+
+
+def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# ---- generate ---------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tessera.rtl.temporal_gemm import generate_gemm
+
+    cfg = _gemm_config(args)
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"output directory {out} is not empty; pass --force to overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        generate_gemm(cfg, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        os.mkdir(tmp)  # let TemporaryDirectory clean up an empty directory
+    files = sorted(str(p) for p in out.iterdir())
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), "name": cfg.short_name, "files": files}))
+    else:
+        print(f"{cfg.short_name}: wrote {', '.join(files)}")
+    return 0
+
+
+# ---- simulate ---------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tessera.estimators.cycles import gemm_cycles
+    from tessera.models.gemm import Requant
+    from tessera.sim.runner import GemmCase, simulate_gemm
+
+    cfg = _gemm_config(args)
+    try:
+        cfg.check_shape(args.m, args.n, args.k)
+        requant = None if args.raw else Requant(args.multiplier, args.shift, args.zero_point)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    case = GemmCase(
+        args.m, args.n, args.k, requant=requant, seed=args.seed,
+        idle=args.idle, backpressure=args.backpressure,
+    )
+    _progress(f"simulating {case.label} on {cfg.short_name} with {args.sim} (builds once per config)")
+    t0 = time.perf_counter()
+    (result,) = simulate_gemm(cfg, [case], sim=args.sim, waves=args.waves)
+    seconds = time.perf_counter() - t0
+    model = gemm_cycles(args.m, args.n, args.k, cfg)
+    report = {
+        **result.to_dict(),
+        "config": cfg.to_dict(),
+        "m": args.m, "n": args.n, "k": args.k,
+        "model_cycles": model.cycles,
+        "wall_seconds": round(seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{'PASS' if result.passed else 'FAIL'}: {result.message}")
+        print(f"cycles {result.cycles}  ideal {result.ideal_cycles:.1f}  "
+              f"utilization {100 * result.utilization:.2f} %  (model: {model.cycles} cycles)")
+        if result.waves:
+            print(f"waveform: {result.waves}")
+    return 0 if result.passed else 1
+
+
+# ---- synth ------------------------------------------------------------------------------------
+
+
+def _synth(cfg: Any, family: str) -> Any:
+    from tessera.estimators.synthesis import synthesize
+    from tessera.rtl.temporal_gemm import TOP_NAME, generate_gemm
+
+    verilog = generate_gemm(cfg)["verilog"]
+    return synthesize(verilog, TOP_NAME, family)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    cfg = _gemm_config(args)
+    _progress(f"synthesizing {cfg.short_name} for {args.family} with Yosys (cached by content)")
+    res = _synth(cfg, args.family)
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), **res.to_dict()}))
+    else:
+        _print_table(
+            [[cfg.short_name, res.family, res.lut, res.ff, res.dsp, res.bram, res.carry,
+              f"{res.seconds:.1f}{' (cached)' if res.cached else ''}"]],
+            ["design", "family", "LUT", "FF", "DSP", "BRAM", "carry", "seconds"],
+        )
+    return 0
+
+
+# ---- demo -------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tessera.estimators.cycles import gemm_cycles
+    from tessera.models.gemm import Requant, gemm
+    from tessera.sim.runner import GemmCase, simulate_gemm
+
+    cfg = _gemm_config(args)
+    out = Path(args.output)
+    _progress(f"1/4 generate {cfg.short_name} -> {out}")
+    gen_args = argparse.Namespace(**{**vars(args), "output": str(out), "force": True, "json": False})
+    cmd_generate(gen_args)
+
+    rq = Requant(multiplier=1 << 30, shift=38, zero_point=-3)
+    cases = [
+        GemmCase(1, 1, 1, requant=rq, seed=1),
+        GemmCase(33, 19, 47, requant=rq, seed=2, idle=0.3, backpressure=0.3),
+        GemmCase(17, 9, 64, requant=None, seed=3, data="extreme", backpressure=0.5),
+        GemmCase(64, 64, 64, requant=rq, seed=4),
+    ]
+    _progress(f"2/4 simulate {len(cases)} GEMMs on Verilator (cocotb + cocotbext-axi)")
+    results = simulate_gemm(cfg, cases, sim="verilator")
+
+    _progress("3/4 check the golden model against an independent int64 reference")
+    golden_ok = True
+    for case in cases:
+        a, b = case.operands()
+        ref = a.astype(np.int64) @ b.astype(np.int64)
+        if case.requant is None:
+            golden_ok &= bool(np.array_equal(gemm(a, b, cfg), ref))
+    _progress("4/4 synthesize for xc7 with Yosys")
+    synth = _synth(cfg, "xc7")
+
+    rows = []
+    for case, res in zip(cases, results, strict=True):
+        model = gemm_cycles(case.m, case.n, case.k, cfg)
+        rows.append([case.label, "raw" if case.requant is None else "int8",
+                     f"{case.idle:.1f}/{case.backpressure:.1f}", "PASS" if res.passed else "FAIL",
+                     res.cycles, model.cycles, f"{100 * res.utilization:.1f} %"])
+    print()
+    _print_table(rows, ["GEMM MxNxK", "output", "idle/stall", "RTL vs golden", "cycles",
+                        "model", "utilization"])
+    print()
+    _print_table([[cfg.short_name, synth.lut, synth.ff, synth.dsp, synth.bram]],
+                 ["xc7 (Yosys)", "LUT", "FF", "DSP", "BRAM"])
+    ok = golden_ok and all(r.passed for r in results)
+    print(f"\ndemo {'PASSED' if ok else 'FAILED'}: outputs in {out}")
+    return 0 if ok else 1
+
+
+# ---- doctor -----------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from tessera.cli.doctor import run_doctor
+
+    return run_doctor(json_output=args.json)
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line naming the problem, exit status 2 (argparse would add a usage block).
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"tessera: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tessera`` command."""
+    parser = _Parser(prog="tessera", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("doctor", help="check the external tools and print fixes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("generate", help="write Verilog, register map and config of an engine")
+    _add_engine_args(p)
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("simulate", help="run a GEMM on the RTL and check it against the golden model")
+    _add_engine_args(p)
+    for dim in ("m", "n", "k"):
+        p.add_argument(f"--{dim}", type=_positive, required=True, help=f"{dim.upper()} dimension")
+    p.add_argument("--sim", choices=["icarus", "verilator"], default="verilator")
+    p.add_argument("--seed", type=_positive, default=0)
+    p.add_argument("--raw", action="store_true", help="raw int32 accumulators instead of int8")
+    p.add_argument("--multiplier", type=_positive, default=1 << 30)
+    p.add_argument("--shift", type=_positive, default=38)
+    p.add_argument("--zero-point", type=_positive, default=0)
+    p.add_argument("--idle", type=float, default=0.0, help="probability of an idle input cycle")
+    p.add_argument("--backpressure", type=float, default=0.0, help="probability of output stall")
+    p.add_argument("--waves", action="store_true", help="dump a waveform and print its path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("synth", help="synthesize an engine with Yosys and print its resources")
+    _add_engine_args(p)
+    p.add_argument("--family", choices=FAMILIES, default="xc7")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
+    _add_engine_args(p, positional=False)
+    p.add_argument("-o", "--output", default="build/demo", help="output directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tessera`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("idle", "backpressure"):
+        value = getattr(args, name, 0.0)
+        if not 0.0 <= value < 1.0:
+            parser.error(f"--{name} must be in [0, 1), got {value}")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        parser.exit(2, f"tessera: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

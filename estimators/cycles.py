@@ -1,0 +1,78 @@
+"""Analytic cycle models of the engines.
+
+The ``TemporalGemm`` model follows the RTL's schedule with operands always valid and results
+always accepted: one operand beat issues per cycle; a tile's last beat waits until the drain bank
+is free, that is ``rows_t + 2`` cycles after the previous tile's last beat (one cycle in the operand
+registers, one to load the bank, ``rows_t`` beats to drain it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.models.gemm import GemmConfig, gemm_tiles
+
+__all__ = ["GemmCycleEstimate", "gemm_cycles"]
+
+
+@dataclass(frozen=True)
+class GemmCycleEstimate:
+    """Predicted busy cycles of one GEMM and how they split.
+
+    Attributes
+    ----------
+    cycles : int
+        Cycles from start to the last C beat (the ``CYCLES`` register).
+    ideal_cycles : float
+        ``M*N*K / (rows*cols)``.
+    compute_cycles : int
+        Cycles the MAC array accumulates (tiles x K), including padded lanes of edge tiles.
+    drain_stall_cycles : int
+        Cycles a tile's last beat waited for the drain bank (short K only).
+    tail_cycles : int
+        Pipeline fill and the drain of the last tile.
+    """
+
+    cycles: int
+    ideal_cycles: float
+    compute_cycles: int
+    drain_stall_cycles: int
+    tail_cycles: int
+
+    @property
+    def utilization(self) -> float:
+        """Useful MACs / (cycles * array MACs)."""
+        return self.ideal_cycles / self.cycles
+
+
+def gemm_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> GemmCycleEstimate:
+    """Cycle count of ``TemporalGemm`` for an (M, N, K) GEMM with unthrottled streams.
+
+    Parameters
+    ----------
+    m, n, k : int
+        Problem size (validated against ``cfg``).
+    cfg : GemmConfig
+        Engine configuration.
+
+    Returns
+    -------
+    GemmCycleEstimate
+    """
+    cfg.check_shape(m, n, k)
+    tiles_m, tiles_n = gemm_tiles(m, n, cfg)
+    last_rows = m - (tiles_m - 1) * cfg.rows
+    # Tiles are visited row-major: every tile but the last waits for the drain of its
+    # predecessor, which has `rows` valid rows except in the last tile row.
+    stall = (tiles_m - 1) * tiles_n * max(0, cfg.rows + 2 - k) + (tiles_n - 1) * max(
+        0, last_rows + 2 - k
+    )
+    compute = tiles_m * tiles_n * k
+    tail = last_rows + 2 - 1  # first tile's last beat issues at cycle K - 1
+    return GemmCycleEstimate(
+        cycles=compute + stall + tail,
+        ideal_cycles=m * n * k / cfg.macs,
+        compute_cycles=compute,
+        drain_stall_cycles=stall,
+        tail_cycles=tail,
+    )

@@ -1,0 +1,121 @@
+"""Arithmetic building blocks shared by the engines: rounding right shift and requantization.
+
+Both mirror :mod:`tessera.models.rounding` bit for bit (``shift_round`` and ``requantize``).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.models.rounding import Overflow, Rounding
+
+__all__ = ["Requantizer", "shift_round", "saturate"]
+
+
+def shift_round(m: Module, x: Value, shift: Value, mode: Rounding) -> Value:
+    """Combinational ``x / 2**shift`` with ``mode`` rounding (``x`` signed, ``shift`` unsigned).
+
+    Returns a signed value one bit wider than ``x`` (the rounding increment can carry).
+    """
+    width = len(x)
+    floor = Signal(signed(width + 1))
+    rem = Signal(width)
+    half = Signal(width)
+    m.d.comb += [
+        floor.eq(x >> shift),
+        # Bits shifted out, and the weight of the first of them (zero when shift == 0).
+        rem.eq(x.as_unsigned() & ((Const(1, 1) << shift) - 1)[:width]),
+        half.eq(((Const(1, 1) << shift) >> 1)[:width]),
+    ]
+    rounding = shift != 0
+    negative = x < 0
+    above = rem > half
+    tie = rounding & (rem == half)
+    if mode is Rounding.TRN:
+        inc = 0
+    elif mode is Rounding.TRN_ZERO:
+        inc = negative & (rem != 0)
+    elif mode is Rounding.RND:
+        inc = rounding & (above | tie)
+    elif mode is Rounding.RND_ZERO:
+        inc = rounding & (above | (tie & negative))
+    elif mode is Rounding.RND_MIN_INF:
+        inc = rounding & above
+    elif mode is Rounding.RND_INF:
+        inc = rounding & (above | (tie & ~negative))
+    elif mode is Rounding.RND_CONV:
+        inc = rounding & (above | (tie & floor[0]))
+    else:  # pragma: no cover - enum is closed
+        raise ValueError(f"unknown rounding mode {mode}")
+    out = Signal(signed(width + 1))
+    m.d.comb += out.eq(floor + inc)
+    return out
+
+
+def saturate(m: Module, x: Value, bits: int, mode: Overflow) -> Value:
+    """Reduce signed ``x`` to a signed ``bits``-wide value with ``mode`` overflow handling."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if mode is Overflow.SAT_SYM:
+        lo = -hi
+    out = Signal(signed(bits))
+    if mode is Overflow.WRAP:
+        m.d.comb += out.eq(x[:bits])
+        return out
+    over, under = x > hi, x < lo
+    if mode is Overflow.SAT_ZERO:
+        m.d.comb += out.eq(Mux(over | under, 0, x[:bits]))
+    else:
+        m.d.comb += out.eq(Mux(over, hi, Mux(under, lo, x[:bits])))
+    return out
+
+
+class Requantizer(wiring.Component):
+    """Combinational requantization of one accumulator lane.
+
+    ``y = overflow(shift_round(acc * multiplier, shift, rounding) + zero_point, out_bits)``.
+
+    Parameters
+    ----------
+    acc_bits : int
+        Accumulator width (signed).
+    out_bits : int
+        Output width (signed).
+    rounding : Rounding
+    overflow : Overflow
+
+    Attributes
+    ----------
+    acc : In(signed(acc_bits))
+    multiplier : In(31)
+        Unsigned multiplier.
+    shift : In(6)
+    zero_point : In(signed(16))
+    result : Out(signed(out_bits))
+    """
+
+    def __init__(self, acc_bits: int, out_bits: int, rounding: Rounding, overflow: Overflow) -> None:
+        self.rounding = Rounding(rounding)
+        self.overflow = Overflow(overflow)
+        self.out_bits = out_bits
+        super().__init__(
+            {
+                "acc": In(signed(acc_bits)),
+                "multiplier": In(unsigned(31)),
+                "shift": In(unsigned(6)),
+                "zero_point": In(signed(16)),
+                "result": Out(signed(out_bits)),
+            }
+        )
+
+    def elaborate(self, platform: object) -> Module:
+        m = Module()
+        product = Signal(signed(len(self.acc) + 32))
+        m.d.comb += product.eq(self.acc * Cat(self.multiplier, 0).as_signed())
+        rounded = shift_round(m, product, self.shift, self.rounding)
+        biased = Signal(signed(len(rounded) + 1))
+        m.d.comb += biased.eq(rounded + self.zero_point)
+        m.d.comb += self.result.eq(saturate(m, biased, self.out_bits, self.overflow))
+        return m

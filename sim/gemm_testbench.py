@@ -1,0 +1,158 @@
+"""cocotb testbench of ``TemporalGemm`` (run through :func:`tessera.sim.runner.simulate_gemm`).
+
+Reads a job (JSON: engine config + cases, each with an ``.npz`` of operand beats and the golden
+output beats) from ``$TESSERA_JOB``. For every case it programs the registers with cocotbext-axi's
+``AxiLiteMaster``, drives A and B with ``AxiStreamSource`` (random idle cycles), receives C with
+``AxiStreamSink`` (random back-pressure), compares with the golden output in order and records the
+cycle count read from the ``CYCLES`` register. Results go to the job's ``results`` JSON file; the
+test fails if any case fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
+from cocotbext.axi import (
+    AxiLiteBus,
+    AxiLiteMaster,
+    AxiStreamBus,
+    AxiStreamFrame,
+    AxiStreamSink,
+    AxiStreamSource,
+)
+
+from tessera.models.gemm import GemmConfig, gemm_tiles
+from tessera.rtl.temporal_gemm import REGISTERS
+
+CLOCK_NS = 10
+REG = {r.name: r.offset for r in REGISTERS}
+
+
+def _pauses(rng: random.Random, probability: float) -> Iterator[bool]:
+    while True:
+        yield rng.random() < probability
+
+
+def first_mismatch(
+    got: np.ndarray, got_valid: np.ndarray, expected: np.ndarray, valid: np.ndarray, m: int, n: int,
+    cfg: GemmConfig,
+) -> dict[str, Any] | None:
+    """Locate the first differing element as (row, col) of C, in stream order."""
+    if got.shape == expected.shape and np.array_equal(got_valid, valid) and np.array_equal(
+        np.where(valid, got, 0), np.where(valid, expected, 0)
+    ):
+        return None
+    tm, tn = gemm_tiles(m, n, cfg)
+    beat = 0
+    for ti in range(tm):
+        for tj in range(tn):
+            for r in range(min(cfg.rows, m - ti * cfg.rows)):
+                for c in range(cfg.cols):
+                    row, col = ti * cfg.rows + r, tj * cfg.cols + c
+                    if beat >= len(got):
+                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
+                                "got": None, "reason": "stream ended early"}
+                    if got_valid[beat, c] != valid[beat, c]:
+                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
+                                "got": int(got[beat, c]), "reason": "tkeep differs"}
+                    if valid[beat, c] and got[beat, c] != expected[beat, c]:
+                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
+                                "got": int(got[beat, c]), "reason": "value differs"}
+                beat += 1
+    if len(got) != beat:
+        return {"row": None, "col": None, "expected": beat, "got": len(got),
+                "reason": "extra output beats"}
+    return None
+
+
+@cocotb.test()
+async def gemm_cases(dut: Any) -> None:
+    """Run every case of the job on the DUT, in order, on one reset."""
+    job = json.loads(Path(os.environ["TESSERA_JOB"]).read_text())
+    cfg = GemmConfig.from_dict(job["config"])
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 4)
+    dut.rst.value = 0
+
+    csr = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "csr_"), dut.clk, dut.rst)
+    a_src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "a_"), dut.clk, dut.rst)
+    b_src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "b_"), dut.clk, dut.rst)
+    c_sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "c_"), dut.clk, dut.rst)
+    for component in (csr.write_if, csr.read_if, a_src, b_src, c_sink):
+        component.log.setLevel("WARNING")
+
+    info = await csr.read_dword(REG["INFO"])
+    assert (info & 0xFF, (info >> 8) & 0xFF) == (cfg.rows, cfg.cols), f"INFO register {info:#x}"
+
+    results = []
+    for case in job["cases"]:
+        data = np.load(case["data"])
+        rng = random.Random(case["seed"])
+        for port, probability in ((a_src, case["idle"]), (b_src, case["idle"]),
+                                  (c_sink, case["backpressure"])):
+            port.clear_pause_generator()
+            port.pause = False  # clearing the generator can leave a pause asserted
+            if probability > 0:
+                port.set_pause_generator(_pauses(rng, probability))
+
+        m, n, k = case["m"], case["n"], case["k"]
+        for name, value in (("M", m), ("N", n), ("K", k), ("MODE", int(case["raw"])),
+                            ("MULTIPLIER", case["multiplier"]), ("SHIFT", case["shift"]),
+                            ("ZERO_POINT", case["zero_point"] & 0xFFFFFFFF)):
+            await csr.write_dword(REG[name], value)
+        a_src.send_nowait(AxiStreamFrame(data["a_beats"].tobytes()))
+        b_src.send_nowait(AxiStreamFrame(data["b_beats"].tobytes()))
+        await csr.write_dword(REG["CTRL"], 1)
+        await RisingEdge(dut.clk)
+        start_ns = cocotb.utils.get_sim_time("ns")
+
+        beats = len(data["a_beats"])
+        slack = 1.0 / max(1e-3, (1 - case["idle"]) * (1 - case["backpressure"]))
+        limit_cycles = int(4 * slack * (beats + len(data["expected"]) + 64)) + 1000
+        try:
+            frame = await with_timeout(c_sink.recv(compact=False), limit_cycles * CLOCK_NS, "ns")
+        except SimTimeoutError:
+            message = f"timeout: no complete C frame within {limit_cycles} cycles"
+            dut._log.error("case %s: %s", case["name"], message)
+            results.append({"name": case["name"], "passed": False, "message": message,
+                            "mismatch": None, "cycles": 0, "tb_cycles": limit_cycles,
+                            "output_beats": None})
+            Path(job["results"]).write_text(json.dumps(results, indent=1))
+            break
+        tb_cycles = round((cocotb.utils.get_sim_time("ns") - start_ns) / CLOCK_NS)
+        status = await csr.read_dword(REG["CTRL"])
+        cycles = await csr.read_dword(REG["CYCLES"])
+
+        raw = bytes(frame.tdata)
+        got = np.frombuffer(raw, dtype="<i4").reshape(-1, cfg.cols).astype(np.int64)
+        got_valid = np.array(frame.tkeep[::4], dtype=bool).reshape(-1, cfg.cols)
+        mismatch = first_mismatch(got, got_valid, data["expected"], data["valid"], m, n, cfg)
+        done_ok = status & 0b111 == 0b010
+        passed = mismatch is None and done_ok and a_src.empty() and b_src.empty()
+        message = "ok"
+        if mismatch is not None:
+            message = (f"first mismatch at C[{mismatch['row']}, {mismatch['col']}]: expected "
+                       f"{mismatch['expected']}, got {mismatch['got']} ({mismatch['reason']})")
+        elif not done_ok:
+            message = f"CTRL status {status:#x} after the last beat (want DONE only)"
+        elif not (a_src.empty() and b_src.empty()):
+            message = "operand beats left unconsumed"
+        dut._log.info("case %s: %s, %d cycles", case["name"], message, cycles)
+        results.append({"name": case["name"], "passed": passed, "message": message,
+                        "mismatch": mismatch, "cycles": cycles, "tb_cycles": tb_cycles,
+                        "output_beats": len(got)})
+        Path(job["results"]).write_text(json.dumps(results, indent=1))
+        if not passed:
+            break  # later cases would start from an inconsistent state
+    failed = [r for r in results if not r["passed"]]
+    assert not failed, failed[0]["message"]
