@@ -30,8 +30,9 @@ from cocotbext.axi import (
     AxiStreamSource,
 )
 
-from tessera.models.gemm import GemmConfig, gemm_tiles
+from tessera.models.gemm import GemmConfig
 from tessera.rtl.temporal_gemm import REGISTERS
+from tessera.sim.scoreboard import first_mismatch
 
 CLOCK_NS = 10
 REG = {r.name: r.offset for r in REGISTERS}
@@ -40,38 +41,6 @@ REG = {r.name: r.offset for r in REGISTERS}
 def _pauses(rng: random.Random, probability: float) -> Iterator[bool]:
     while True:
         yield rng.random() < probability
-
-
-def first_mismatch(
-    got: np.ndarray, got_valid: np.ndarray, expected: np.ndarray, valid: np.ndarray, m: int, n: int,
-    cfg: GemmConfig,
-) -> dict[str, Any] | None:
-    """Locate the first differing element as (row, col) of C, in stream order."""
-    if got.shape == expected.shape and np.array_equal(got_valid, valid) and np.array_equal(
-        np.where(valid, got, 0), np.where(valid, expected, 0)
-    ):
-        return None
-    tm, tn = gemm_tiles(m, n, cfg)
-    beat = 0
-    for ti in range(tm):
-        for tj in range(tn):
-            for r in range(min(cfg.rows, m - ti * cfg.rows)):
-                for c in range(cfg.cols):
-                    row, col = ti * cfg.rows + r, tj * cfg.cols + c
-                    if beat >= len(got):
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": None, "reason": "stream ended early"}
-                    if got_valid[beat, c] != valid[beat, c]:
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": int(got[beat, c]), "reason": "tkeep differs"}
-                    if valid[beat, c] and got[beat, c] != expected[beat, c]:
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": int(got[beat, c]), "reason": "value differs"}
-                beat += 1
-    if len(got) != beat:
-        return {"row": None, "col": None, "expected": beat, "got": len(got),
-                "reason": "extra output beats"}
-    return None
 
 
 @cocotb.test()
