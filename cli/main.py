@@ -63,7 +63,12 @@ def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for i, r in enumerate(cells):
-        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.rjust(w) if j else c.ljust(w)
+                for j, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -108,10 +113,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     case = GemmCase(
-        args.m, args.n, args.k, requant=requant, seed=args.seed,
-        idle=args.idle, backpressure=args.backpressure,
+        args.m,
+        args.n,
+        args.k,
+        requant=requant,
+        seed=args.seed,
+        idle=args.idle,
+        backpressure=args.backpressure,
     )
-    _progress(f"simulating {case.label} on {cfg.short_name} with {args.sim} (builds once per config)")
+    _progress(
+        f"simulating {case.label} on {cfg.short_name} with {args.sim} (builds once per config)"
+    )
     t0 = time.perf_counter()
     (result,) = simulate_gemm(cfg, [case], sim=args.sim, waves=args.waves)
     seconds = time.perf_counter() - t0
@@ -119,7 +131,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     report = {
         **result.to_dict(),
         "config": cfg.to_dict(),
-        "m": args.m, "n": args.n, "k": args.k,
+        "m": args.m,
+        "n": args.n,
+        "k": args.k,
         "model_cycles": model.cycles,
         "wall_seconds": round(seconds, 3),
     }
@@ -127,8 +141,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"{'PASS' if result.passed else 'FAIL'}: {result.message}")
-        print(f"cycles {result.cycles}  ideal {result.ideal_cycles:.1f}  "
-              f"utilization {100 * result.utilization:.2f} %  (model: {model.cycles} cycles)")
+        print(
+            f"cycles {result.cycles}  ideal {result.ideal_cycles:.1f}  "
+            f"utilization {100 * result.utilization:.2f} %  (model: {model.cycles} cycles)"
+        )
         if result.waves:
             print(f"waveform: {result.waves}")
     return 0 if result.passed else 1
@@ -153,8 +169,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(json.dumps({"config": cfg.to_dict(), **res.to_dict()}))
     else:
         _print_table(
-            [[cfg.short_name, res.family, res.lut, res.ff, res.dsp, res.bram, res.carry,
-              f"{res.seconds:.1f}{' (cached)' if res.cached else ''}"]],
+            [
+                [
+                    cfg.short_name,
+                    res.family,
+                    res.lut,
+                    res.ff,
+                    res.dsp,
+                    res.bram,
+                    res.carry,
+                    f"{res.seconds:.1f}{' (cached)' if res.cached else ''}",
+                ]
+            ],
             ["design", "family", "LUT", "FF", "DSP", "BRAM", "carry", "seconds"],
         )
     return 0
@@ -171,7 +197,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _gemm_config(args)
     out = Path(args.output)
     _progress(f"1/4 generate {cfg.short_name} -> {out}")
-    gen_args = argparse.Namespace(**{**vars(args), "output": str(out), "force": True, "json": False})
+    gen_args = argparse.Namespace(
+        **{**vars(args), "output": str(out), "force": True, "json": False}
+    )
     cmd_generate(gen_args)
 
     rq = Requant(multiplier=1 << 30, shift=38, zero_point=-3)
@@ -197,15 +225,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = []
     for case, res in zip(cases, results, strict=True):
         model = gemm_cycles(case.m, case.n, case.k, cfg)
-        rows.append([case.label, "raw" if case.requant is None else "int8",
-                     f"{case.idle:.1f}/{case.backpressure:.1f}", "PASS" if res.passed else "FAIL",
-                     res.cycles, model.cycles, f"{100 * res.utilization:.1f} %"])
+        rows.append(
+            [
+                case.label,
+                "raw" if case.requant is None else "int8",
+                f"{case.idle:.1f}/{case.backpressure:.1f}",
+                "PASS" if res.passed else "FAIL",
+                res.cycles,
+                model.cycles,
+                f"{100 * res.utilization:.1f} %",
+            ]
+        )
     print()
-    _print_table(rows, ["GEMM MxNxK", "output", "idle/stall", "RTL vs golden", "cycles",
-                        "model", "utilization"])
+    _print_table(
+        rows,
+        ["GEMM MxNxK", "output", "idle/stall", "RTL vs golden", "cycles", "model", "utilization"],
+    )
     print()
-    _print_table([[cfg.short_name, synth.lut, synth.ff, synth.dsp, synth.bram]],
-                 ["xc7 (Yosys)", "LUT", "FF", "DSP", "BRAM"])
+    _print_table(
+        [[cfg.short_name, synth.lut, synth.ff, synth.dsp, synth.bram]],
+        ["xc7 (Yosys)", "LUT", "FF", "DSP", "BRAM"],
+    )
     ok = golden_ok and all(r.passed for r in results)
     print(f"\ndemo {'PASSED' if ok else 'FAILED'}: outputs in {out}")
     return 0 if ok else 1
@@ -242,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("simulate", help="run a GEMM on the RTL and check it against the golden model")
+    p = sub.add_parser(
+        "simulate", help="run a GEMM on the RTL and check it against the golden model"
+    )
     _add_engine_args(p)
     for dim in ("m", "n", "k"):
         p.add_argument(f"--{dim}", type=_positive, required=True, help=f"{dim.upper()} dimension")

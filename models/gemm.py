@@ -3,10 +3,10 @@
 One :class:`GemmConfig` describes a ``TemporalGemm`` engine: the golden model, the Amaranth RTL,
 the register map, the cycle model and the build-cache name all derive from it.
 
-The engine computes ``C = requantize(A @ B)`` with int8 operands, ``acc_bits`` accumulators and either
-raw accumulator output or requantized ``out_bits`` output. Its operand streams are in *tile order*
-(see :func:`stream_operands`): the array is a fixed ``rows x cols`` block of MACs and any M, N, K is
-done by iterating over output tiles, so the hardware does not grow with the matrix.
+The engine computes ``C = requantize(A @ B)`` with int8 operands, ``acc_bits`` accumulators and
+either raw accumulator output or requantized ``out_bits`` output. Its operand streams are in *tile
+order* (see :func:`stream_operands`): the array is a fixed ``rows x cols`` block of MACs and any M,
+N, K is done by iterating over output tiles, so the hardware does not grow with the matrix.
 """
 
 from __future__ import annotations
@@ -226,9 +226,7 @@ def gemm_tiles(m: int, n: int, cfg: GemmConfig) -> tuple[int, int]:
     return -(-m // cfg.rows), -(-n // cfg.cols)
 
 
-def stream_operands(
-    a: np.ndarray, b: np.ndarray, cfg: GemmConfig
-) -> tuple[np.ndarray, np.ndarray]:
+def stream_operands(a: np.ndarray, b: np.ndarray, cfg: GemmConfig) -> tuple[np.ndarray, np.ndarray]:
     """Order A and B as the engine's AXI-Stream inputs consume them.
 
     Output tiles are visited row-major; for tile ``(ti, tj)`` and each ``k`` in ``0..K-1`` the A

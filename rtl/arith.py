@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.models.rounding import Overflow, Rounding
 
-__all__ = ["Requantizer", "shift_round", "saturate"]
+__all__ = ["Requantizer", "saturate", "shift_round"]
 
 
 def shift_round(m: Module, x: Value, shift: Value, mode: Rounding) -> Value:
@@ -96,7 +96,9 @@ class Requantizer(wiring.Component):
     result : Out(signed(out_bits))
     """
 
-    def __init__(self, acc_bits: int, out_bits: int, rounding: Rounding, overflow: Overflow) -> None:
+    def __init__(
+        self, acc_bits: int, out_bits: int, rounding: Rounding, overflow: Overflow
+    ) -> None:
         self.rounding = Rounding(rounding)
         self.overflow = Overflow(overflow)
         self.out_bits = out_bits

@@ -28,7 +28,9 @@ class AxiStreamSignature(wiring.Signature):
 
     def __init__(self, data_width: int, *, keep: bool = False, last: bool = False) -> None:
         if data_width <= 0 or data_width % 8:
-            raise ValueError(f"AXI-Stream data width must be a positive multiple of 8, got {data_width}")
+            raise ValueError(
+                f"AXI-Stream data width must be a positive multiple of 8, got {data_width}"
+            )
         members = {"tdata": Out(data_width), "tvalid": Out(1), "tready": In(1)}
         if keep:
             members["tkeep"] = Out(data_width // 8)
@@ -114,7 +116,10 @@ class AxiLiteBridge(wiring.Component):
     def __init__(self, addr_width: int) -> None:
         self.addr_width = addr_width
         super().__init__(
-            {"csr": In(AxiLiteSignature(addr_width)), "bus": Out(RegisterBusSignature(addr_width - 2))}
+            {
+                "csr": In(AxiLiteSignature(addr_width)),
+                "bus": Out(RegisterBusSignature(addr_width - 2)),
+            }
         )
 
     def elaborate(self, platform: object) -> Module:

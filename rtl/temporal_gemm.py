@@ -9,12 +9,12 @@ Dataflow (one beat of A and one of B per cycle, initiation interval 1)::
     A, B streams --(issue)--> operand registers --> MAC array (accumulators)
                                                         | last k of a tile: sums copied in one cycle
                                                         v
-                                          drain bank --> requantizers --> C stream (one tile row/beat)
+                                   drain bank --> requantizers --> C stream (a tile row per beat)
 
-The drain bank double-buffers the accumulators: while tile ``t`` drains (``rows`` beats), tile ``t+1``
-already accumulates, so load, compute and drain overlap and the array idles only if the C stream is
-stalled for longer than a whole tile. Partial edge tiles are padded inside the engine: their padded
-rows are never emitted and their padded columns are marked invalid with ``tkeep``.
+The drain bank double-buffers the accumulators: while tile ``t`` drains (``rows`` beats), tile
+``t+1`` already accumulates, so load, compute and drain overlap and the array idles only if the C
+stream is stalled for longer than a whole tile. Partial edge tiles are padded inside the engine:
+their padded rows are never emitted and their padded columns are marked invalid with ``tkeep``.
 """
 
 from __future__ import annotations
@@ -83,7 +83,12 @@ def register_map(cfg: GemmConfig) -> dict[str, Any]:
             "addr_width": CSR_ADDR_WIDTH,
             "data_width": 32,
             "registers": [
-                {"name": r.name, "offset": r.offset, "access": r.access, "description": r.description}
+                {
+                    "name": r.name,
+                    "offset": r.offset,
+                    "access": r.access,
+                    "description": r.description,
+                }
                 for r in REGISTERS
             ],
         },
@@ -259,14 +264,22 @@ class TemporalGemm(wiring.Component):
                         m.d.sync += feeding.eq(0)
 
         # ---- MAC array and drain bank --------------------------------------------------------
-        acc = [[Signal(signed(cfg.acc_bits), name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        bank = [[Signal(signed(cfg.acc_bits), name=f"bank_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        acc = [
+            [Signal(signed(cfg.acc_bits), name=f"acc_{r}_{c}") for c in range(cols)]
+            for r in range(rows)
+        ]
+        bank = [
+            [Signal(signed(cfg.acc_bits), name=f"bank_{r}_{c}") for c in range(cols)]
+            for r in range(rows)
+        ]
         drain = bank_full & self.c.tready
         for r in range(rows):
             a_r = s1_a.word_select(r, 8).as_signed()
             for c in range(cols):
                 total = Signal(signed(cfg.acc_bits), name=f"sum_{r}_{c}")
-                m.d.comb += total.eq(Mux(s1_first, 0, acc[r][c]) + a_r * s1_b.word_select(c, 8).as_signed())
+                m.d.comb += total.eq(
+                    Mux(s1_first, 0, acc[r][c]) + a_r * s1_b.word_select(c, 8).as_signed()
+                )
                 with m.If(s1_valid):
                     m.d.sync += acc[r][c].eq(total)
                 # The bank drains by shifting rows towards row 0 (no wide output multiplexer).
@@ -347,4 +360,3 @@ def generate_gemm(cfg: GemmConfig, out_dir: str | Path | None = None) -> dict[st
             (out / name).write_text(content)
             files.append(str(out / name))
     return {"verilog": text, "register_map": regmap, "top": TOP_NAME, "files": files}
-

@@ -67,17 +67,26 @@ async def gemm_cases(dut: Any) -> None:
     for case in job["cases"]:
         data = np.load(case["data"])
         rng = random.Random(case["seed"])
-        for port, probability in ((a_src, case["idle"]), (b_src, case["idle"]),
-                                  (c_sink, case["backpressure"])):
+        for port, probability in (
+            (a_src, case["idle"]),
+            (b_src, case["idle"]),
+            (c_sink, case["backpressure"]),
+        ):
             port.clear_pause_generator()
             port.pause = False  # clearing the generator can leave a pause asserted
             if probability > 0:
                 port.set_pause_generator(_pauses(rng, probability))
 
         m, n, k = case["m"], case["n"], case["k"]
-        for name, value in (("M", m), ("N", n), ("K", k), ("MODE", int(case["raw"])),
-                            ("MULTIPLIER", case["multiplier"]), ("SHIFT", case["shift"]),
-                            ("ZERO_POINT", case["zero_point"] & 0xFFFFFFFF)):
+        for name, value in (
+            ("M", m),
+            ("N", n),
+            ("K", k),
+            ("MODE", int(case["raw"])),
+            ("MULTIPLIER", case["multiplier"]),
+            ("SHIFT", case["shift"]),
+            ("ZERO_POINT", case["zero_point"] & 0xFFFFFFFF),
+        ):
             await csr.write_dword(REG[name], value)
         a_src.send_nowait(AxiStreamFrame(data["a_beats"].tobytes()))
         b_src.send_nowait(AxiStreamFrame(data["b_beats"].tobytes()))
@@ -93,9 +102,17 @@ async def gemm_cases(dut: Any) -> None:
         except SimTimeoutError:
             message = f"timeout: no complete C frame within {limit_cycles} cycles"
             dut._log.error("case %s: %s", case["name"], message)
-            results.append({"name": case["name"], "passed": False, "message": message,
-                            "mismatch": None, "cycles": 0, "tb_cycles": limit_cycles,
-                            "output_beats": None})
+            results.append(
+                {
+                    "name": case["name"],
+                    "passed": False,
+                    "message": message,
+                    "mismatch": None,
+                    "cycles": 0,
+                    "tb_cycles": limit_cycles,
+                    "output_beats": None,
+                }
+            )
             Path(job["results"]).write_text(json.dumps(results, indent=1))
             break
         tb_cycles = round((cocotb.utils.get_sim_time("ns") - start_ns) / CLOCK_NS)
@@ -110,16 +127,26 @@ async def gemm_cases(dut: Any) -> None:
         passed = mismatch is None and done_ok and a_src.empty() and b_src.empty()
         message = "ok"
         if mismatch is not None:
-            message = (f"first mismatch at C[{mismatch['row']}, {mismatch['col']}]: expected "
-                       f"{mismatch['expected']}, got {mismatch['got']} ({mismatch['reason']})")
+            message = (
+                f"first mismatch at C[{mismatch['row']}, {mismatch['col']}]: expected "
+                f"{mismatch['expected']}, got {mismatch['got']} ({mismatch['reason']})"
+            )
         elif not done_ok:
             message = f"CTRL status {status:#x} after the last beat (want DONE only)"
         elif not (a_src.empty() and b_src.empty()):
             message = "operand beats left unconsumed"
         dut._log.info("case %s: %s, %d cycles", case["name"], message, cycles)
-        results.append({"name": case["name"], "passed": passed, "message": message,
-                        "mismatch": mismatch, "cycles": cycles, "tb_cycles": tb_cycles,
-                        "output_beats": len(got)})
+        results.append(
+            {
+                "name": case["name"],
+                "passed": passed,
+                "message": message,
+                "mismatch": mismatch,
+                "cycles": cycles,
+                "tb_cycles": tb_cycles,
+                "output_beats": len(got),
+            }
+        )
         Path(job["results"]).write_text(json.dumps(results, indent=1))
         if not passed:
             break  # later cases would start from an inconsistent state

@@ -149,7 +149,10 @@ def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
     verilog_path = Path(generated["files"][0])
     # Rebuild only when the generated Verilog or the build options change.
     stamp = build_dir / "built.json"
-    want = {"verilog_sha256": hashlib.sha256(generated["verilog"].encode()).hexdigest(), "waves": waves}
+    want = {
+        "verilog_sha256": hashlib.sha256(generated["verilog"].encode()).hexdigest(),
+        "waves": waves,
+    }
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         return runner
     stamp.unlink(missing_ok=True)
@@ -172,7 +175,9 @@ def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
             log_file=log,
         )
     except (SystemExit, Exception) as exc:  # the runner exits on a failed build
-        raise SimulationError(f"{sim} build of {cfg.short_name} failed ({exc}); log: {log}") from None
+        raise SimulationError(
+            f"{sim} build of {cfg.short_name} failed ({exc}); log: {log}"
+        ) from None
     finally:
         if env_backup is None:
             os.environ.pop("MAKEFLAGS", None)
@@ -237,18 +242,31 @@ def simulate_gemm(
             data_path = job_dir / f"case{i}.npz"
             np.savez(data_path, a_beats=a_beats, b_beats=b_beats, expected=expected, valid=valid)
             rq = case.requant or Requant(0, 0, 0)
-            job_cases.append({
-                "name": case.label, "m": case.m, "n": case.n, "k": case.k,
-                "raw": case.requant is None, "multiplier": rq.multiplier, "shift": rq.shift,
-                "zero_point": rq.zero_point, "seed": case.seed, "idle": case.idle,
-                "backpressure": case.backpressure, "data": str(data_path),
-            })
+            job_cases.append(
+                {
+                    "name": case.label,
+                    "m": case.m,
+                    "n": case.n,
+                    "k": case.k,
+                    "raw": case.requant is None,
+                    "multiplier": rq.multiplier,
+                    "shift": rq.shift,
+                    "zero_point": rq.zero_point,
+                    "seed": case.seed,
+                    "idle": case.idle,
+                    "backpressure": case.backpressure,
+                    "data": str(data_path),
+                }
+            )
         results_path = job_dir / "results.json"
         results_path.unlink(missing_ok=True)
         job_path = job_dir / "job.json"
-        job_path.write_text(json.dumps(
-            {"config": cfg.to_dict(), "cases": job_cases, "results": str(results_path)}, indent=1
-        ))
+        job_path.write_text(
+            json.dumps(
+                {"config": cfg.to_dict(), "cases": job_cases, "results": str(results_path)},
+                indent=1,
+            )
+        )
         log = root / "sim.log"
         t0 = time.perf_counter()
         try:
@@ -279,11 +297,20 @@ def simulate_gemm(
     out = []
     for case, res in zip(cases, raw_results, strict=False):
         ideal = ideal_cycles(case.m, case.n, case.k, cfg)
-        out.append(GemmSimResult(
-            case=case.label, passed=res["passed"], message=res["message"], cycles=res["cycles"],
-            ideal_cycles=ideal, utilization=ideal / res["cycles"] if res["cycles"] else 0.0,
-            mismatch=res["mismatch"], simulator=sim, sim_seconds=elapsed, waves=waves_path,
-        ))
+        out.append(
+            GemmSimResult(
+                case=case.label,
+                passed=res["passed"],
+                message=res["message"],
+                cycles=res["cycles"],
+                ideal_cycles=ideal,
+                utilization=ideal / res["cycles"] if res["cycles"] else 0.0,
+                mismatch=res["mismatch"],
+                simulator=sim,
+                sim_seconds=elapsed,
+                waves=waves_path,
+            )
+        )
     if len(out) < len(cases) and all(r.passed for r in out):
         raise SimulationError(f"{sim} stopped after {len(out)} of {len(cases)} cases; log: {log}")
     return out

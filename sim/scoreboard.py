@@ -12,7 +12,12 @@ __all__ = ["first_mismatch"]
 
 
 def first_mismatch(
-    got: np.ndarray, got_valid: np.ndarray, expected: np.ndarray, valid: np.ndarray, m: int, n: int,
+    got: np.ndarray,
+    got_valid: np.ndarray,
+    expected: np.ndarray,
+    valid: np.ndarray,
+    m: int,
+    n: int,
     cfg: GemmConfig,
 ) -> dict[str, Any] | None:
     """Locate the first difference between received and golden C beats.
@@ -34,8 +39,10 @@ def first_mismatch(
         ``{"row", "col", "expected", "got", "reason"}`` of the first mismatch in stream order, or
         ``None`` when the streams agree.
     """
-    if got.shape == expected.shape and np.array_equal(got_valid, valid) and np.array_equal(
-        np.where(valid, got, 0), np.where(valid, expected, 0)
+    if (
+        got.shape == expected.shape
+        and np.array_equal(got_valid, valid)
+        and np.array_equal(np.where(valid, got, 0), np.where(valid, expected, 0))
     ):
         return None
     tm, tn = gemm_tiles(m, n, cfg)
@@ -46,16 +53,36 @@ def first_mismatch(
                 for c in range(cfg.cols):
                     row, col = ti * cfg.rows + r, tj * cfg.cols + c
                     if beat >= len(got):
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": None, "reason": "stream ended early"}
+                        return {
+                            "row": row,
+                            "col": col,
+                            "expected": int(expected[beat, c]),
+                            "got": None,
+                            "reason": "stream ended early",
+                        }
                     if got_valid[beat, c] != valid[beat, c]:
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": int(got[beat, c]), "reason": "tkeep differs"}
+                        return {
+                            "row": row,
+                            "col": col,
+                            "expected": int(expected[beat, c]),
+                            "got": int(got[beat, c]),
+                            "reason": "tkeep differs",
+                        }
                     if valid[beat, c] and got[beat, c] != expected[beat, c]:
-                        return {"row": row, "col": col, "expected": int(expected[beat, c]),
-                                "got": int(got[beat, c]), "reason": "value differs"}
+                        return {
+                            "row": row,
+                            "col": col,
+                            "expected": int(expected[beat, c]),
+                            "got": int(got[beat, c]),
+                            "reason": "value differs",
+                        }
                 beat += 1
     if len(got) != beat:
-        return {"row": None, "col": None, "expected": beat, "got": len(got),
-                "reason": "extra output beats"}
+        return {
+            "row": None,
+            "col": None,
+            "expected": beat,
+            "got": len(got),
+            "reason": "extra output beats",
+        }
     return None

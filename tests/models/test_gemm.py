@@ -106,8 +106,16 @@ def test_accumulator_wraps_like_hardware():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rows", 0), ("cols", 65), ("acc_bits", 33), ("out_bits", 1), ("dim_bits", 1),
-     ("rounding", "NEAREST"), ("overflow", "CLAMP"), ("rows", 2.5)],
+    [
+        ("rows", 0),
+        ("cols", 65),
+        ("acc_bits", 33),
+        ("out_bits", 1),
+        ("dim_bits", 1),
+        ("rounding", "NEAREST"),
+        ("overflow", "CLAMP"),
+        ("rows", 2.5),
+    ],
 )
 def test_config_rejects_bad_fields(field, value):
     with pytest.raises(ValueError, match=field):
@@ -144,8 +152,12 @@ def test_operand_checks():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    m=st.integers(1, 11), n=st.integers(1, 11), k=st.integers(1, 5),
-    rows=st.integers(1, 4), cols=st.integers(1, 4), seed=st.integers(0, 2**16),
+    m=st.integers(1, 11),
+    n=st.integers(1, 11),
+    k=st.integers(1, 5),
+    rows=st.integers(1, 4),
+    cols=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
 )
 def test_stream_layout_reproduces_gemm(m, n, k, rows, cols, seed):
     """Accumulating the tile-ordered beats as the engine does gives A @ B in output order."""
@@ -157,7 +169,7 @@ def test_stream_layout_reproduces_gemm(m, n, k, rows, cols, seed):
     tm, tn = gemm_tiles(m, n, cfg)
     assert a_beats.shape == (tm * tn * k, rows) and b_beats.shape == (tm * tn * k, cols)
     # Independent model of the array: outer products summed over each tile's K beats.
-    tiles = (a_beats.astype(np.int64)[:, :, None] * b_beats.astype(np.int64)[:, None, :])
+    tiles = a_beats.astype(np.int64)[:, :, None] * b_beats.astype(np.int64)[:, None, :]
     sums = tiles.reshape(tm * tn, k, rows, cols).sum(axis=1)
     beats, valid = output_beats(a.astype(np.int64) @ b.astype(np.int64), cfg)
     emitted = [(t, r) for t in range(tm * tn) for r in range(rows) if (t // tn) * rows + r < m]

@@ -13,21 +13,40 @@ from tessera.rtl.arith import Requantizer
 def _vectors(seed: int) -> list[tuple[int, int, int, int]]:
     rng = np.random.default_rng(seed)
     edges = [
-        (0, 1, 0, 0), (-1, 1, 1, 0), (1, 1, 1, 0), (3, 1, 1, 0), (-3, 1, 1, 0), (5, 1, 1, 0),
-        (-5, 1, 1, 0), (2**31 - 1, 2**31 - 1, 63, 0), (-(2**31), 2**31 - 1, 63, 0),
-        (-(2**31), 2**31 - 1, 0, 0), (2**31 - 1, 1, 0, 5), (127, 1, 0, 0), (128, 1, 0, 0),
-        (-128, 1, 0, 0), (-129, 1, 0, 0), (6, 1 << 30, 32, -3), (-6, 1 << 30, 32, 3),
+        (0, 1, 0, 0),
+        (-1, 1, 1, 0),
+        (1, 1, 1, 0),
+        (3, 1, 1, 0),
+        (-3, 1, 1, 0),
+        (5, 1, 1, 0),
+        (-5, 1, 1, 0),
+        (2**31 - 1, 2**31 - 1, 63, 0),
+        (-(2**31), 2**31 - 1, 63, 0),
+        (-(2**31), 2**31 - 1, 0, 0),
+        (2**31 - 1, 1, 0, 5),
+        (127, 1, 0, 0),
+        (128, 1, 0, 0),
+        (-128, 1, 0, 0),
+        (-129, 1, 0, 0),
+        (6, 1 << 30, 32, -3),
+        (-6, 1 << 30, 32, 3),
     ]
     rand = [
-        (int(rng.integers(-(2**31), 2**31)), int(rng.integers(0, 2**31)),
-         int(rng.integers(20, 45)), int(rng.integers(-300, 300)))
+        (
+            int(rng.integers(-(2**31), 2**31)),
+            int(rng.integers(0, 2**31)),
+            int(rng.integers(20, 45)),
+            int(rng.integers(-300, 300)),
+        )
         for _ in range(40)
     ]
     return edges + rand
 
 
 @pytest.mark.parametrize("rounding", list(Rounding))
-@pytest.mark.parametrize("overflow", [Overflow.SAT, Overflow.WRAP, Overflow.SAT_SYM, Overflow.SAT_ZERO])
+@pytest.mark.parametrize(
+    "overflow", [Overflow.SAT, Overflow.WRAP, Overflow.SAT_SYM, Overflow.SAT_ZERO]
+)
 def test_requantizer_matches_golden(rounding, overflow):
     dut = Requantizer(acc_bits=32, out_bits=8, rounding=rounding, overflow=overflow)
     vectors = _vectors(hash((rounding.value, overflow.value)) % 2**32)

@@ -15,12 +15,35 @@ def _cases(rows: int, cols: int) -> list[GemmCase]:
     return [
         GemmCase(1, 1, 1, seed=1, name="1x1x1"),
         GemmCase(rows + 1, cols + 2, 1, requant=RQ, seed=2, name="K=1"),
-        GemmCase(2 * rows + 1, cols + 3, 7, requant=RQ, seed=3, idle=0.3, backpressure=0.3,
-                 name="non-multiple, idle + back-pressure"),
-        GemmCase(rows + 3, 2 * cols - 1, 64, seed=4, data="extreme", backpressure=0.6,
-                 name="extremes raw"),
-        GemmCase(3 * rows, 3 * cols, 33, requant=Requant(1 << 30, 30), seed=5, data="extreme",
-                 idle=0.5, name="extremes saturating"),
+        GemmCase(
+            2 * rows + 1,
+            cols + 3,
+            7,
+            requant=RQ,
+            seed=3,
+            idle=0.3,
+            backpressure=0.3,
+            name="non-multiple, idle + back-pressure",
+        ),
+        GemmCase(
+            rows + 3,
+            2 * cols - 1,
+            64,
+            seed=4,
+            data="extreme",
+            backpressure=0.6,
+            name="extremes raw",
+        ),
+        GemmCase(
+            3 * rows,
+            3 * cols,
+            33,
+            requant=Requant(1 << 30, 30),
+            seed=5,
+            data="extreme",
+            idle=0.5,
+            name="extremes saturating",
+        ),
         GemmCase(2 * rows, 2 * cols, 2 * rows + 5, requant=RQ, seed=6, name="multiples"),
     ]
 
@@ -40,12 +63,14 @@ def test_gemm_bit_exact(sim, rows, cols, tmp_path):
 @pytest.mark.parametrize("sim", ["icarus", "verilator"])
 def test_other_rounding_and_register_limits(sim, tmp_path):
     """Round-half-even with symmetric saturation, and the largest sizes a 6-bit register holds."""
-    cfg = GemmConfig(rows=2, cols=2, dim_bits=6, rounding=Rounding.RND_CONV,
-                     overflow=Overflow.SAT_SYM)
+    cfg = GemmConfig(
+        rows=2, cols=2, dim_bits=6, rounding=Rounding.RND_CONV, overflow=Overflow.SAT_SYM
+    )
     cases = [
         GemmCase(63, 3, 63, requant=Requant(1 << 30, 37), seed=7, data="extreme", name="max M, K"),
-        GemmCase(3, 63, 2, requant=Requant(1 << 30, 31, 1), seed=8, backpressure=0.4,
-                 name="max N, ties"),
+        GemmCase(
+            3, 63, 2, requant=Requant(1 << 30, 31, 1), seed=8, backpressure=0.4, name="max N, ties"
+        ),
     ]
     for res in simulate_gemm(cfg, cases, sim=sim, build_dir=tmp_path):
         assert res.passed, f"{res.case}: {res.message}"

@@ -27,8 +27,13 @@ def test_value_mismatch_names_row_and_col():
     beat, lane = np.argwhere((beats == c[4, 3]) & valid)[0]
     got[beat, lane] = -1
     mism = first_mismatch(got, valid, beats, valid, 5, 4, cfg)
-    assert mism == {"row": 4, "col": 3, "expected": int(c[4, 3]), "got": -1,
-                    "reason": "value differs"}
+    assert mism == {
+        "row": 4,
+        "col": 3,
+        "expected": int(c[4, 3]),
+        "got": -1,
+        "reason": "value differs",
+    }
 
 
 def test_short_and_long_streams_and_tkeep():
@@ -38,7 +43,10 @@ def test_short_and_long_streams_and_tkeep():
     assert short["reason"] == "stream ended early"
     extra = np.vstack([beats, beats[:1]])
     extra_valid = np.vstack([valid, valid[:1]])
-    assert first_mismatch(extra, extra_valid, beats, valid, 3, 4, cfg)["reason"] == "extra output beats"
+    assert (
+        first_mismatch(extra, extra_valid, beats, valid, 3, 4, cfg)["reason"]
+        == "extra output beats"
+    )
     bad_keep = valid.copy()
     bad_keep[-1, -1] = ~bad_keep[-1, -1]
     assert first_mismatch(beats, bad_keep, beats, valid, 3, 4, cfg)["reason"] == "tkeep differs"
