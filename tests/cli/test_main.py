@@ -1,0 +1,101 @@
+"""The ``tessera`` command: outputs, JSON reports and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tessera.cli.main import main
+
+
+def _run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tessera.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_generate_writes_verilog_register_map_and_config(tmp_path, capsys):
+    out = tmp_path / "gemm"
+    assert main(["generate", "gemm", "--rows", "2", "--cols", "3", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "register_map.json",
+        "temporal_gemm.v",
+    ]
+    assert report["config"]["rows"] == 2 and report["config"]["cols"] == 3
+    regmap = json.loads((out / "register_map.json").read_text())
+    assert {r["name"] for r in regmap["csr"]["registers"]} >= {"CTRL", "M", "N", "K", "CYCLES"}
+    assert regmap["streams"]["a"]["data_width"] == 16
+    assert regmap["streams"]["c"]["data_width"] == 3 * 32
+    assert "module temporal_gemm" in (out / "temporal_gemm.v").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "gemm", "--m", "0", "--n", "4", "--k", "4"], "M must be >= 1"),
+        (["simulate", "gemm", "--m", "4", "--n", "-3", "--k", "4"], "N must be >= 1"),
+        (["simulate", "gemm", "--m", "4", "--n", "4", "--k", "70000"], "exceeds the 16-bit"),
+        (
+            ["simulate", "gemm", "--m", "4", "--n", "4", "--k", "4", "--sim", "modelsim"],
+            "invalid choice: 'modelsim'",
+        ),
+        (["synth", "gemm", "--family", "stratix"], "invalid choice: 'stratix'"),
+        (["generate", "gemm", "--rows", "0", "-o", "OUT"], "rows must be in [1, 64]"),
+        (["simulate", "gemm", "--m", "2", "--n", "2", "--k", "2", "--idle", "1.5"], "--idle"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    proc = _run(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tessera: error:"), proc.stderr
+    assert message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_generate_refuses_non_empty_directory(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    proc = _run("generate", "gemm", "-o", str(out))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
+    proc = _run(
+        "simulate",
+        "gemm",
+        "--rows",
+        "2",
+        "--cols",
+        "2",
+        "--m",
+        "5",
+        "--n",
+        "3",
+        "--k",
+        "9",
+        "--sim",
+        "icarus",
+        "--seed",
+        "3",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["passed"] is True
+    assert report["ideal_cycles"] == pytest.approx(5 * 3 * 9 / 4)
+    assert report["cycles"] == report["model_cycles"]
+    assert report["utilization"] == pytest.approx(report["ideal_cycles"] / report["cycles"])
