@@ -321,10 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name, 0.0)
         if not 0.0 <= value < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {value}")
+    from tessera.estimators.synthesis import SynthesisError
+    from tessera.sim.runner import SimulationError
+    from tessera.sim.tools import ToolError
+
     try:
         return args.func(args)
     except UsageError as exc:
         parser.exit(2, f"tessera: error: {exc}\n")
+    except (ToolError, SimulationError, SynthesisError) as exc:
+        # The environment, not the input, failed: say what and how to fix it (see `doctor`).
+        parser.exit(1, f"tessera: error: {exc}\n")
     except KeyboardInterrupt:
         return 130
     return 0

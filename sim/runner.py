@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tessera.models.gemm import GemmConfig, Requant, gemm, output_beats, stream_operands
-from tessera.sim.tools import ToolError, ensure_verilator_on_path
+from tessera.sim.tools import FIXES, ToolError, ensure_verilator_on_path
 
 __all__ = [
     "SIMULATORS",
@@ -139,11 +140,8 @@ def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
 
     if sim == "verilator":
         ensure_verilator_on_path()
-    elif sim == "icarus":
-        import shutil
-
-        if shutil.which("iverilog") is None:
-            raise ToolError("iverilog not found: install it with `apt-get install -y iverilog`")
+    elif shutil.which("iverilog") is None:
+        raise ToolError("iverilog", FIXES["iverilog"])
     runner = get_runner(sim)
     generated = generate_gemm(cfg, build_dir / "rtl")
     verilog_path = Path(generated["files"][0])

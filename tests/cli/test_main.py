@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,4 @@ def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
     assert report["ideal_cycles"] == pytest.approx(5 * 3 * 9 / 4)
     assert report["cycles"] == report["model_cycles"]
     assert report["utilization"] == pytest.approx(report["ideal_cycles"] / report["cycles"])
+    assert report["waves"].endswith(".fst") and Path(report["waves"]).stat().st_size > 0
