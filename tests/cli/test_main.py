@@ -101,3 +101,13 @@ def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
     assert report["cycles"] == report["model_cycles"]
     assert report["utilization"] == pytest.approx(report["ideal_cycles"] / report["cycles"])
     assert report["waves"].endswith(".fst") and Path(report["waves"]).stat().st_size > 0
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    proc = _run("demo", "--rows", "2", "--cols", "2", "-o", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "demo PASSED" in proc.stdout
+    assert proc.stdout.count(" PASS ") == 4 and " FAIL " not in proc.stdout
+    assert (out / "temporal_gemm.v").exists() and (out / "register_map.json").exists()
+    assert "4/4 synthesize" in proc.stderr
