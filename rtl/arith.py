@@ -21,33 +21,34 @@ def shift_round(m: Module, x: Value, shift: Value, mode: Rounding) -> Value:
     Returns a signed value one bit wider than ``x`` (the rounding increment can carry).
     """
     width = len(x)
-    floor = Signal(signed(width + 1))
-    rem = Signal(width)
-    half = Signal(width)
-    m.d.comb += [
-        floor.eq(x >> shift),
-        # Bits shifted out, and the weight of the first of them (zero when shift == 0).
-        rem.eq(x.as_unsigned() & ((Const(1, 1) << shift) - 1)[:width]),
-        half.eq(((Const(1, 1) << shift) >> 1)[:width]),
-    ]
-    rounding = shift != 0
+    # One barrel shifter for x with a guard bit: bit 0 of `guarded` is the first bit shifted out
+    # (the "half" bit); the bits below it only matter through their OR (the sticky bit), taken
+    # with a thermometer mask instead of a second shifter and a wide comparison.
+    guarded = Signal(signed(width + 1))
+    m.d.comb += guarded.eq(Cat(Const(0, 1), x).as_signed() >> shift)
+    floor = guarded[1:].as_signed()
+    half = guarded[0]
+    below_half = Signal(width)
+    for i in range(width):
+        m.d.comb += below_half[i].eq(i + 1 < shift)
+    sticky = (x.as_unsigned() & below_half).any()
     negative = x < 0
-    above = rem > half
-    tie = rounding & (rem == half)
+    above = half & sticky
+    tie = half & ~sticky
     if mode is Rounding.TRN:
         inc = 0
     elif mode is Rounding.TRN_ZERO:
-        inc = negative & (rem != 0)
+        inc = negative & (half | sticky)
     elif mode is Rounding.RND:
-        inc = rounding & (above | tie)
+        inc = half
     elif mode is Rounding.RND_ZERO:
-        inc = rounding & (above | (tie & negative))
+        inc = above | (tie & negative)
     elif mode is Rounding.RND_MIN_INF:
-        inc = rounding & above
+        inc = above
     elif mode is Rounding.RND_INF:
-        inc = rounding & (above | (tie & ~negative))
+        inc = above | (tie & ~negative)
     elif mode is Rounding.RND_CONV:
-        inc = rounding & (above | (tie & floor[0]))
+        inc = above | (tie & floor[0])
     else:  # pragma: no cover - enum is closed
         raise ValueError(f"unknown rounding mode {mode}")
     out = Signal(signed(width + 1))
@@ -117,7 +118,14 @@ class Requantizer(wiring.Component):
         product = Signal(signed(len(self.acc) + 32))
         m.d.comb += product.eq(self.acc * Cat(self.multiplier, 0).as_signed())
         rounded = shift_round(m, product, self.shift, self.rounding)
-        biased = Signal(signed(len(rounded) + 1))
-        m.d.comb += biased.eq(rounded + self.zero_point)
+        # Only out_bits survive: clamp (or wrap) to a width that still tells every saturating
+        # case apart after adding the 16-bit zero point, so the adder and comparators stay narrow.
+        narrow_bits = self.out_bits + 18
+        if self.overflow is Overflow.WRAP:
+            narrow = rounded[:narrow_bits].as_signed()
+        else:
+            narrow = saturate(m, rounded, narrow_bits, Overflow.SAT)
+        biased = Signal(signed(narrow_bits + 1))
+        m.d.comb += biased.eq(narrow + self.zero_point)
         m.d.comb += self.result.eq(saturate(m, biased, self.out_bits, self.overflow))
         return m
