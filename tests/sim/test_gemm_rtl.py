@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tessera.models.gemm import GemmConfig, Requant
@@ -74,3 +75,35 @@ def test_other_rounding_and_register_limits(sim, tmp_path):
     ]
     for res in simulate_gemm(cfg, cases, sim=sim, build_dir=tmp_path):
         assert res.passed, f"{res.case}: {res.message}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_random_soak(seed, tmp_path):
+    """Random array shapes, rounding modes, sizes, stalls and requantization (run with -m slow)."""
+    rng = np.random.default_rng(seed)
+    cfg = GemmConfig(
+        rows=int(rng.integers(1, 9)),
+        cols=int(rng.integers(1, 9)),
+        rounding=list(Rounding)[int(rng.integers(len(Rounding)))],
+        overflow=list(Overflow)[int(rng.integers(len(Overflow)))],
+    )
+    cases = []
+    for i in range(12):
+        requant = None
+        if rng.random() < 0.7:
+            requant = Requant(
+                int(rng.integers(0, 2**31)), int(rng.integers(0, 64)), int(rng.integers(-128, 128))
+            )
+        cases.append(
+            GemmCase(
+                *(int(v) for v in rng.integers(1, 50, size=3)),
+                requant=requant,
+                seed=i,
+                data="extreme" if rng.random() < 0.3 else "random",
+                idle=float(rng.choice([0.0, 0.2, 0.6])),
+                backpressure=float(rng.choice([0.0, 0.3, 0.8])),
+            )
+        )
+    for res in simulate_gemm(cfg, cases, sim="verilator", build_dir=tmp_path):
+        assert res.passed, f"{cfg} {res.case}: {res.message}"
