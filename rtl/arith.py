@@ -58,18 +58,25 @@ def shift_round(m: Module, x: Value, shift: Value, mode: Rounding) -> Value:
 
 def saturate(m: Module, x: Value, bits: int, mode: Overflow) -> Value:
     """Reduce signed ``x`` to a signed ``bits``-wide value with ``mode`` overflow handling."""
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if mode is Overflow.SAT_SYM:
-        lo = -hi
     out = Signal(signed(bits))
-    if mode is Overflow.WRAP:
-        m.d.comb += out.eq(x[:bits])
+    low = x[:bits].as_signed()
+    if mode is Overflow.WRAP or len(x) <= bits:
+        m.d.comb += out.eq(low)
         return out
-    over, under = x > hi, x < lo
+    # x fits when the bits from the new sign bit upwards are all equal: reductions, not the wide
+    # comparisons `x > hi`, which cost carry chains.
+    top = x[bits - 1 :]
+    fits = Signal()
+    m.d.comb += fits.eq(top.all() | ~top.any())
+    hi = (1 << (bits - 1)) - 1
+    lo = -hi if mode is Overflow.SAT_SYM else -hi - 1
     if mode is Overflow.SAT_ZERO:
-        m.d.comb += out.eq(Mux(over | under, 0, x[:bits]))
+        m.d.comb += out.eq(Mux(fits, low, 0))
+    elif mode is Overflow.SAT_SYM:
+        # ap_fixed's SAT_SYM also maps the most negative code to -hi.
+        m.d.comb += out.eq(Mux(fits & (low != -hi - 1), low, Mux(x[-1], lo, hi)))
     else:
-        m.d.comb += out.eq(Mux(over, hi, Mux(under, lo, x[:bits])))
+        m.d.comb += out.eq(Mux(fits, low, Mux(x[-1], lo, hi)))
     return out
 
 
