@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_out = []
     header = (
         f"{'array':>6} {'GEMM':>12} {'cycles':>9} {'ideal':>10} {'util %':>7} "
-        f"{'model':>9} {'bit-exact':>9}"
+        f"{'model':>9} {'in B/cyc':>8} {'bit-exact':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ideal_cycles": res.ideal_cycles,
                 "utilization": res.utilization,
                 "model_cycles": model.cycles,
+                "operand_bytes": model.operand_bytes,
+                "result_bytes": model.result_bytes,
                 "passed": res.passed,
                 "simulator": args.sim,
             }
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{row['array']:>6} {f'{m}x{n}x{k}':>12} {res.cycles:>9} "
                 f"{res.ideal_cycles:>10.0f} {100 * res.utilization:>7.2f} {model.cycles:>9} "
-                f"{'yes' if res.passed else 'NO':>9}"
+                f"{model.operand_bytes / res.cycles:>8.2f} {'yes' if res.passed else 'NO':>9}"
             )
             sys.stdout.flush()
         total = sum(r.cycles for r in results)

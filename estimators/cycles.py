@@ -31,6 +31,11 @@ class GemmCycleEstimate:
         Cycles a tile's last beat waited for the drain bank (short K only).
     tail_cycles : int
         Pipeline fill and the drain of the last tile.
+    operand_bytes : int
+        Bytes the A and B streams carry: every tile re-reads its A rows and B columns, so A is
+        streamed ``ceil(N/cols)`` times and B ``ceil(M/rows)`` times.
+    result_bytes : int
+        Bytes of the C stream (32-bit lanes, padded lanes included).
     """
 
     cycles: int
@@ -38,6 +43,8 @@ class GemmCycleEstimate:
     compute_cycles: int
     drain_stall_cycles: int
     tail_cycles: int
+    operand_bytes: int
+    result_bytes: int
 
     @property
     def utilization(self) -> float:
@@ -75,4 +82,6 @@ def gemm_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> GemmCycleEstimate:
         compute_cycles=compute,
         drain_stall_cycles=stall,
         tail_cycles=tail,
+        operand_bytes=compute * (cfg.rows + cfg.cols),
+        result_bytes=tiles_n * m * cfg.cols * 4,
     )

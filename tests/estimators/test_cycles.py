@@ -36,6 +36,9 @@ def test_cycle_model_parts():
     assert est.drain_stall_cycles == 0
     assert est.cycles == est.compute_cycles + est.tail_cycles
     assert est.utilization > 0.99
+    # Each of the 1024 tiles streams K beats of 8 A bytes and 8 B bytes.
+    assert est.operand_bytes == 1024 * 256 * 16
+    assert est.result_bytes == 32 * 256 * 8 * 4
     # K = 1 is drain-bound: each tile waits for its predecessor's rows + 2 cycles.
     short = gemm_cycles(16, 8, 1, cfg)
     assert short.drain_stall_cycles == 1 * (8 + 2 - 1)
