@@ -2,8 +2,8 @@
 
 The ``TemporalGemm`` model follows the RTL's schedule with operands always valid and results
 always accepted: one operand beat issues per cycle; a tile's last beat waits until the drain bank
-is free, that is ``rows_t + 2`` cycles after the previous tile's last beat (one cycle in the operand
-registers, one to load the bank, ``rows_t`` beats to drain it).
+is free, that is ``rows_t + 3`` cycles after the previous tile's last beat (one cycle in the operand
+registers, one to accumulate, one to copy the sums into the bank, ``rows_t`` beats to drain it).
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ def gemm_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> GemmCycleEstimate:
     last_rows = m - (tiles_m - 1) * cfg.rows
     # Tiles are visited row-major: every tile but the last waits for the drain of its
     # predecessor, which has `rows` valid rows except in the last tile row.
-    stall = (tiles_m - 1) * tiles_n * max(0, cfg.rows + 2 - k) + (tiles_n - 1) * max(
-        0, last_rows + 2 - k
+    stall = (tiles_m - 1) * tiles_n * max(0, cfg.rows + 3 - k) + (tiles_n - 1) * max(
+        0, last_rows + 3 - k
     )
     compute = tiles_m * tiles_n * k
-    tail = last_rows + 2 - 1  # first tile's last beat issues at cycle K - 1
+    tail = last_rows + 3 - 1  # first tile's last beat issues at cycle K - 1
     return GemmCycleEstimate(
         cycles=compute + stall + tail,
         ideal_cycles=m * n * k / cfg.macs,

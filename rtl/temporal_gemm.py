@@ -231,13 +231,24 @@ class TemporalGemm(wiring.Component):
         s1_a, s1_b = Signal(rows * 8), Signal(cols * 8)
         s1_rows, s1_cols = Signal.like(tile_rows), Signal.like(tile_cols)
 
+        # Stage 2: a tile's sums have settled in the accumulators; the bank copies them now, while
+        # the next tile's first beat already restarts the accumulators on the same edge.
+        s2_last, s2_final = Signal(), Signal()
+        s2_rows, s2_cols = Signal.like(tile_rows), Signal.like(tile_cols)
+        m.d.sync += [
+            s2_last.eq(s1_valid & s1_last),
+            s2_final.eq(s1_final),
+            s2_rows.eq(s1_rows),
+            s2_cols.eq(s1_cols),
+        ]
+
         # Drain bank state.
         bank_full, bank_final = Signal(), Signal()
         bank_rows, bank_cols = Signal.like(tile_rows), Signal.like(tile_cols)
         drain_row = Signal(range(rows))
 
         # A tile's last beat may only issue when the drain bank will be free to take its sums.
-        can_issue = feeding & (~last_k | (~bank_full & ~(s1_valid & s1_last)))
+        can_issue = feeding & (~last_k | ~(bank_full | (s1_valid & s1_last) | s2_last))
         fire = Signal()
         m.d.comb += [
             self.a.tready.eq(can_issue & self.b.tvalid),
@@ -276,24 +287,22 @@ class TemporalGemm(wiring.Component):
         for r in range(rows):
             a_r = s1_a.word_select(r, 8).as_signed()
             for c in range(cols):
-                total = Signal(signed(cfg.acc_bits), name=f"sum_{r}_{c}")
-                m.d.comb += total.eq(
-                    Mux(s1_first, 0, acc[r][c]) + a_r * s1_b.word_select(c, 8).as_signed()
-                )
+                # Only the accumulator reads the sum, so it maps into a DSP's P register.
+                product = a_r * s1_b.word_select(c, 8).as_signed()
                 with m.If(s1_valid):
-                    m.d.sync += acc[r][c].eq(total)
+                    m.d.sync += acc[r][c].eq(Mux(s1_first, 0, acc[r][c]) + product)
                 # The bank drains by shifting rows towards row 0 (no wide output multiplexer).
                 if r + 1 < rows:
                     with m.If(drain):
                         m.d.sync += bank[r][c].eq(bank[r + 1][c])
-                with m.If(s1_valid & s1_last):
-                    m.d.sync += bank[r][c].eq(total)
-        with m.If(s1_valid & s1_last):
+                with m.If(s2_last):
+                    m.d.sync += bank[r][c].eq(acc[r][c])
+        with m.If(s2_last):
             m.d.sync += [
                 bank_full.eq(1),
-                bank_final.eq(s1_final),
-                bank_rows.eq(s1_rows),
-                bank_cols.eq(s1_cols),
+                bank_final.eq(s2_final),
+                bank_rows.eq(s2_rows),
+                bank_cols.eq(s2_cols),
                 drain_row.eq(0),
             ]
 

@@ -74,26 +74,8 @@ def test_generate_refuses_non_empty_directory(tmp_path):
 
 
 def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
-    proc = _run(
-        "simulate",
-        "gemm",
-        "--rows",
-        "2",
-        "--cols",
-        "2",
-        "--m",
-        "5",
-        "--n",
-        "3",
-        "--k",
-        "9",
-        "--sim",
-        "icarus",
-        "--seed",
-        "3",
-        "--json",
-        cwd=tmp_path,
-    )
+    args = "simulate gemm --rows 2 --cols 2 --m 5 --n 3 --k 9 --sim icarus --seed 3 --waves --json"
+    proc = _run(*args.split(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["passed"] is True

@@ -39,8 +39,8 @@ def test_cycle_model_parts():
     # Each of the 1024 tiles streams K beats of 8 A bytes and 8 B bytes.
     assert est.operand_bytes == 1024 * 256 * 16
     assert est.result_bytes == 32 * 256 * 8 * 4
-    # K = 1 is drain-bound: each tile waits for its predecessor's rows + 2 cycles.
+    # K = 1 is drain-bound: each tile waits for its predecessor's rows + 3 cycles.
     short = gemm_cycles(16, 8, 1, cfg)
-    assert short.drain_stall_cycles == 1 * (8 + 2 - 1)
+    assert short.drain_stall_cycles == 1 * (8 + 3 - 1)
     with pytest.raises(ValueError, match="M must be >= 1"):
         gemm_cycles(0, 1, 1, cfg)
