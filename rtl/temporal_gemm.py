@@ -166,6 +166,7 @@ class TemporalGemm(wiring.Component):
         shift = Signal(6)
         zero_point = Signal(signed(16))
         busy, done, error = Signal(), Signal(), Signal()
+        feeding = Signal()  # busy and operand beats still expected
         cycles = Signal(32)
 
         with m.If(bus.w_en & ~busy):
@@ -176,7 +177,7 @@ class TemporalGemm(wiring.Component):
                         with m.If((size_m == 0) | (size_n == 0) | (size_k == 0)):
                             m.d.sync += error.eq(1)
                         with m.Else():
-                            m.d.sync += [busy.eq(1), error.eq(0), cycles.eq(0)]
+                            m.d.sync += [busy.eq(1), error.eq(0), cycles.eq(0), feeding.eq(1)]
                 with m.Case(_REG["M"]):
                     m.d.sync += size_m.eq(bus.w_data)
                 with m.Case(_REG["N"]):
@@ -212,7 +213,6 @@ class TemporalGemm(wiring.Component):
             m.d.sync += cycles.eq(cycles + 1)
 
         # ---- issue: walk tiles (row-major) and k, take one A and one B beat per cycle -------
-        feeding = Signal()  # busy and operand beats still expected
         k_index = Signal(dim)
         row_base = Signal(dim + 7)  # first C row of the current tile
         col_base = Signal(dim + 7)
@@ -271,8 +271,8 @@ class TemporalGemm(wiring.Component):
                 m.d.sync += [k_index.eq(0), col_base.eq(col_base + cols)]
                 with m.If(last_col):
                     m.d.sync += [col_base.eq(0), row_base.eq(row_base + rows)]
-                    with m.If(last_row):
-                        m.d.sync += feeding.eq(0)
+                    with m.If(last_row):  # done: the counters are back at 0 for the next run
+                        m.d.sync += [feeding.eq(0), row_base.eq(0)]
 
         # ---- MAC array and drain bank --------------------------------------------------------
         acc = [
@@ -308,7 +308,6 @@ class TemporalGemm(wiring.Component):
 
         # ---- output: requantize bank row 0, one tile row per beat -----------------------------
         last_drain_row = drain_row == bank_rows - 1
-        lanes = []
         for c in range(cols):
             rq = Requantizer(cfg.acc_bits, cfg.out_bits, cfg.rounding, cfg.overflow)
             m.submodules[f"requant_{c}"] = rq
@@ -318,12 +317,11 @@ class TemporalGemm(wiring.Component):
                 rq.shift.eq(shift),
                 rq.zero_point.eq(zero_point),
             ]
-            lane = Signal(signed(LANE_BITS), name=f"lane_{c}")
-            m.d.comb += lane.eq(Mux(c < bank_cols, Mux(raw_mode, bank[0][c], rq.result), 0))
-            lanes.append(lane)
-            m.d.comb += self.c.tkeep[4 * c : 4 * c + 4].eq(Mux(c < bank_cols, 0xF, 0))
-        for c, lane in enumerate(lanes):
-            m.d.comb += self.c.tdata[LANE_BITS * c : LANE_BITS * (c + 1)].eq(lane)
+            lane = self.c.tdata[LANE_BITS * c : LANE_BITS * (c + 1)]
+            m.d.comb += [
+                lane.eq(Mux(c < bank_cols, Mux(raw_mode, bank[0][c], rq.result), 0)),
+                self.c.tkeep[4 * c : 4 * c + 4].eq(Mux(c < bank_cols, 0xF, 0)),
+            ]
         m.d.comb += [self.c.tvalid.eq(bank_full), self.c.tlast.eq(bank_final & last_drain_row)]
         with m.If(drain):
             m.d.sync += drain_row.eq(drain_row + 1)
@@ -331,11 +329,6 @@ class TemporalGemm(wiring.Component):
                 m.d.sync += bank_full.eq(0)
                 with m.If(bank_final):
                     m.d.sync += [busy.eq(0), done.eq(1)]
-
-        # Start (last, so it wins over the counters above on the same edge).
-        with m.If(bus.w_en & ~busy & (bus.w_addr == _REG["CTRL"]) & bus.w_data[0]):
-            with m.If((size_m != 0) & (size_n != 0) & (size_k != 0)):
-                m.d.sync += [feeding.eq(1), k_index.eq(0), row_base.eq(0), col_base.eq(0)]
         return m
 
 
