@@ -32,7 +32,7 @@ def _progress(message: str) -> None:
     print(f"[tessera] {message}", file=sys.stderr, flush=True)
 
 
-def _positive(text: str) -> int:
+def _integer(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
@@ -44,7 +44,13 @@ def _gemm_config(args: argparse.Namespace) -> Any:
     from tessera.models.gemm import GemmConfig
 
     try:
-        return GemmConfig(rows=args.rows, cols=args.cols, dim_bits=args.dim_bits)
+        return GemmConfig(
+            rows=args.rows,
+            cols=args.cols,
+            dim_bits=args.dim_bits,
+            a_stream_bytes=args.a_stream_bytes,
+            b_stream_bytes=args.b_stream_bytes,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -52,10 +58,16 @@ def _gemm_config(args: argparse.Namespace) -> Any:
 def _add_engine_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         p.add_argument("engine", choices=["gemm"], help="engine to build")
-    p.add_argument("--rows", type=_positive, default=4, help="MAC array rows (default 4)")
-    p.add_argument("--cols", type=_positive, default=4, help="MAC array columns (default 4)")
+    p.add_argument("--rows", type=_integer, default=4, help="MAC array rows (default 4)")
+    p.add_argument("--cols", type=_integer, default=4, help="MAC array columns (default 4)")
     p.add_argument(
-        "--dim-bits", type=_positive, default=16, help="width of the M/N/K registers (default 16)"
+        "--dim-bits", type=_integer, default=16, help="width of the M/N/K registers (default 16)"
+    )
+    p.add_argument(
+        "--a-stream-bytes", type=_integer, help="A bus width in bytes (default: rows, one slice)"
+    )
+    p.add_argument(
+        "--b-stream-bytes", type=_integer, help="B bus width in bytes (default: cols, one slice)"
     )
 
 
@@ -285,13 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_args(p)
     for dim in ("m", "n", "k"):
-        p.add_argument(f"--{dim}", type=_positive, required=True, help=f"{dim.upper()} dimension")
+        p.add_argument(f"--{dim}", type=_integer, required=True, help=f"{dim.upper()} dimension")
     p.add_argument("--sim", choices=["icarus", "verilator"], default="verilator")
-    p.add_argument("--seed", type=_positive, default=0)
+    p.add_argument("--seed", type=_integer, default=0)
     p.add_argument("--raw", action="store_true", help="raw int32 accumulators instead of int8")
-    p.add_argument("--multiplier", type=_positive, default=1 << 30)
-    p.add_argument("--shift", type=_positive, default=38)
-    p.add_argument("--zero-point", type=_positive, default=0)
+    p.add_argument("--multiplier", type=_integer, default=1 << 30)
+    p.add_argument("--shift", type=_integer, default=38)
+    p.add_argument("--zero-point", type=_integer, default=0)
     p.add_argument("--idle", type=float, default=0.0, help="probability of an idle input cycle")
     p.add_argument("--backpressure", type=float, default=0.0, help="probability of output stall")
     p.add_argument("--waves", action="store_true", help="dump a waveform and print its path")

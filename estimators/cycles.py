@@ -26,7 +26,8 @@ class GemmCycleEstimate:
     ideal_cycles : float
         ``M*N*K / (rows*cols)``.
     compute_cycles : int
-        Cycles the MAC array accumulates (tiles x K), including padded lanes of edge tiles.
+        Cycles of operand issue, ``tiles * K`` times the bus beats per slice (including the padded
+        lanes of edge tiles).
     drain_stall_cycles : int
         Cycles a tile's last beat waited for the drain bank (short K only).
     tail_cycles : int
@@ -69,19 +70,25 @@ def gemm_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> GemmCycleEstimate:
     cfg.check_shape(m, n, k)
     tiles_m, tiles_n = gemm_tiles(m, n, cfg)
     last_rows = m - (tiles_m - 1) * cfg.rows
-    # Tiles are visited row-major: every tile but the last waits for the drain of its
-    # predecessor, which has `rows` valid rows except in the last tile row.
-    stall = (tiles_m - 1) * tiles_n * max(0, cfg.rows + 3 - k) + (tiles_n - 1) * max(
-        0, last_rows + 3 - k
+    # A k-slice issues every `q` cycles (q > 1 when a bus is narrower than its slice), so a tile
+    # takes q*K cycles; every tile but the last then waits for the drain of its predecessor,
+    # which has `rows` valid rows except in the last tile row.
+    q = cfg.beats_per_slice
+    period = q * k
+    stall = (tiles_m - 1) * tiles_n * max(0, cfg.rows + 3 - period) + (tiles_n - 1) * max(
+        0, last_rows + 3 - period
     )
-    compute = tiles_m * tiles_n * k
-    tail = last_rows + 3 - 1  # first tile's last beat issues at cycle K - 1
+    compute = tiles_m * tiles_n * period
+    # The first tile's last slice issues at cycle q*K - 1, one later when a wide bus must first
+    # be registered for splitting and no narrow bus hides that.
+    split = cfg.a_beat_bytes > cfg.rows or cfg.b_beat_bytes > cfg.cols
+    tail = last_rows + 2 + (1 if split and q == 1 else 0)
     return GemmCycleEstimate(
         cycles=compute + stall + tail,
         ideal_cycles=m * n * k / cfg.macs,
         compute_cycles=compute,
         drain_stall_cycles=stall,
         tail_cycles=tail,
-        operand_bytes=compute * (cfg.rows + cfg.cols),
+        operand_bytes=tiles_m * tiles_n * k * (cfg.rows + cfg.cols),
         result_bytes=tiles_n * m * cfg.cols * 4,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "gemm",
     "gemm_tiles",
     "output_beats",
+    "pack_stream",
     "stream_operands",
 ]
 
@@ -61,6 +62,11 @@ class GemmConfig:
         Rounding of the requantization right shift.
     overflow : Overflow
         Overflow handling of the requantized output.
+    a_stream_bytes, b_stream_bytes : int, optional
+        Data width in bytes of the A and B AXI4-Stream buses; default ``rows`` and ``cols`` (one
+        k-slice per beat). A width that divides the slice gathers several beats per slice (the
+        array then runs at that fraction of its rate); a multiple of it carries several slices
+        per beat.
     """
 
     rows: int = 4
@@ -70,6 +76,8 @@ class GemmConfig:
     dim_bits: int = 16
     rounding: Rounding = Rounding.RND_INF
     overflow: Overflow = Overflow.SAT
+    a_stream_bytes: int | None = None
+    b_stream_bytes: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("rows", self.rows, 1, 64)
@@ -77,6 +85,16 @@ class GemmConfig:
         _check_int("acc_bits", self.acc_bits, 16, 32)
         _check_int("out_bits", self.out_bits, 2, 16)
         _check_int("dim_bits", self.dim_bits, 2, 32)
+        for name, lanes in (("a_stream_bytes", self.rows), ("b_stream_bytes", self.cols)):
+            width = getattr(self, name)
+            if width is None:
+                continue
+            _check_int(name, width, 1, 256)
+            if width % lanes and lanes % width:
+                raise ValueError(
+                    f"{name}={width} must divide or be a multiple of the {lanes}-byte slice "
+                    f"({'rows' if name[0] == 'a' else 'cols'})"
+                )
         # Accept the enum values as strings too (configs round-trip through JSON).
         try:
             object.__setattr__(self, "rounding", Rounding(self.rounding))
@@ -93,6 +111,21 @@ class GemmConfig:
     def max_dim(self) -> int:
         """Largest M, N or K the run-time registers hold."""
         return (1 << self.dim_bits) - 1
+
+    @property
+    def a_beat_bytes(self) -> int:
+        """Bytes per beat of the A stream."""
+        return self.a_stream_bytes or self.rows
+
+    @property
+    def b_beat_bytes(self) -> int:
+        """Bytes per beat of the B stream."""
+        return self.b_stream_bytes or self.cols
+
+    @property
+    def beats_per_slice(self) -> int:
+        """Bus beats the slower operand stream needs per k-slice (1 unless a bus is narrower)."""
+        return max(1, self.rows // self.a_beat_bytes, self.cols // self.b_beat_bytes)
 
     @property
     def macs(self) -> int:
@@ -252,6 +285,16 @@ def stream_operands(a: np.ndarray, b: np.ndarray, cfg: GemmConfig) -> tuple[np.n
     a_beats = np.broadcast_to(a_t[:, None], (tm, tn, k, cfg.rows)).reshape(-1, cfg.rows)
     b_beats = np.broadcast_to(b_t[None, :], (tm, tn, k, cfg.cols)).reshape(-1, cfg.cols)
     return np.ascontiguousarray(a_beats), np.ascontiguousarray(b_beats)
+
+
+def pack_stream(slices: np.ndarray, beat_bytes: int) -> bytes:
+    """Bytes of a slice stream as the AXI4-Stream bus carries them.
+
+    Slices are concatenated (lane 0 first) and the tail is zero-padded to a whole number of
+    ``beat_bytes`` beats; the engine discards the padding after the last slice.
+    """
+    data = np.ascontiguousarray(slices, dtype=np.int8).tobytes()
+    return data + bytes(-len(data) % beat_bytes)
 
 
 def output_beats(c: np.ndarray, cfg: GemmConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.models.gemm import GemmConfig
 from tessera.rtl.arith import Requantizer
 from tessera.rtl.axi import AxiLiteBridge, AxiLiteSignature, AxiStreamSignature
+from tessera.rtl.stream import SliceAdapter
 
 __all__ = ["REGISTERS", "TemporalGemm", "generate_gemm", "register_map"]
 
@@ -96,16 +97,19 @@ def register_map(cfg: GemmConfig) -> dict[str, Any]:
             "a": {
                 "protocol": "AXI4-Stream",
                 "direction": "in",
-                "data_width": cfg.rows * 8,
-                "layout": "tiles row-major; per tile, per k: A[tile_row*rows + lane, k] int8, "
-                "lane 0 in the low byte; lanes past M are ignored",
+                "data_width": cfg.a_beat_bytes * 8,
+                "slice_bytes": cfg.rows,
+                "layout": "slices of rows int8 lanes: tiles row-major; per tile, per k: "
+                "A[tile_row*rows + lane, k], lane 0 first; lanes past M are ignored. Slices are "
+                "packed into beats low byte first; the last beat is zero-padded",
             },
             "b": {
                 "protocol": "AXI4-Stream",
                 "direction": "in",
-                "data_width": cfg.cols * 8,
-                "layout": "tiles row-major; per tile, per k: B[k, tile_col*cols + lane] int8; "
-                "lanes past N are ignored",
+                "data_width": cfg.b_beat_bytes * 8,
+                "slice_bytes": cfg.cols,
+                "layout": "slices of cols int8 lanes: tiles row-major; per tile, per k: "
+                "B[k, tile_col*cols + lane]; lanes past N are ignored; packed like A",
             },
             "c": {
                 "protocol": "AXI4-Stream",
@@ -129,10 +133,11 @@ class TemporalGemm(wiring.Component):
 
     Attributes
     ----------
-    a : In(AxiStreamSignature(rows * 8))
-        A operand beats: ``rows`` int8 lanes (``tdata``, ``tvalid`` in; ``tready`` out).
-    b : In(AxiStreamSignature(cols * 8))
-        B operand beats: ``cols`` int8 lanes.
+    a : In(AxiStreamSignature(a_beat_bytes * 8))
+        A operand bytes (``tdata``, ``tvalid`` in; ``tready`` out); ``rows`` int8 lanes per beat
+        by default.
+    b : In(AxiStreamSignature(b_beat_bytes * 8))
+        B operand bytes; ``cols`` int8 lanes per beat by default.
     c : Out(AxiStreamSignature(cols * 32, keep=True, last=True))
         Result beats: ``cols`` 32-bit lanes (``tdata``, ``tkeep``, ``tlast``, ``tvalid`` out;
         ``tready`` in).
@@ -144,8 +149,8 @@ class TemporalGemm(wiring.Component):
         self.config = config
         super().__init__(
             {
-                "a": In(AxiStreamSignature(config.rows * 8)),
-                "b": In(AxiStreamSignature(config.cols * 8)),
+                "a": In(AxiStreamSignature(config.a_beat_bytes * 8)),
+                "b": In(AxiStreamSignature(config.b_beat_bytes * 8)),
                 "c": Out(AxiStreamSignature(config.cols * LANE_BITS, keep=True, last=True)),
                 "csr": In(AxiLiteSignature(CSR_ADDR_WIDTH)),
             }
@@ -247,19 +252,27 @@ class TemporalGemm(wiring.Component):
         bank_rows, bank_cols = Signal.like(tile_rows), Signal.like(tile_cols)
         drain_row = Signal(range(rows))
 
-        # A tile's last beat may only issue when the drain bank will be free to take its sums.
+        # The buses become one k-slice per transfer (rows / cols int8 lanes).
+        m.submodules.a_slices = a_adapter = SliceAdapter(cfg.a_beat_bytes, rows)
+        m.submodules.b_slices = b_adapter = SliceAdapter(cfg.b_beat_bytes, cols)
+        wiring.connect(m, wiring.flipped(self.a), a_adapter.bus)
+        wiring.connect(m, wiring.flipped(self.b), b_adapter.bus)
+        a_in, b_in = a_adapter.slices, b_adapter.slices
+        m.d.comb += [a_adapter.enable.eq(feeding), b_adapter.enable.eq(feeding)]
+
+        # A tile's last slice may only issue when the drain bank will be free to take its sums.
         can_issue = feeding & (~last_k | ~(bank_full | (s1_valid & s1_last) | s2_last))
         fire = Signal()
         m.d.comb += [
-            self.a.tready.eq(can_issue & self.b.tvalid),
-            self.b.tready.eq(can_issue & self.a.tvalid),
-            fire.eq(can_issue & self.a.tvalid & self.b.tvalid),
+            a_in.ready.eq(can_issue & b_in.valid),
+            b_in.ready.eq(can_issue & a_in.valid),
+            fire.eq(can_issue & a_in.valid & b_in.valid),
         ]
         m.d.sync += s1_valid.eq(fire)
         with m.If(fire):
             m.d.sync += [
-                s1_a.eq(self.a.tdata),
-                s1_b.eq(self.b.tdata),
+                s1_a.eq(a_in.payload),
+                s1_b.eq(b_in.payload),
                 s1_first.eq(k_index == 0),
                 s1_last.eq(last_k),
                 s1_final.eq(last_k & last_row & last_col),

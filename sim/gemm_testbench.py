@@ -30,7 +30,7 @@ from cocotbext.axi import (
     AxiStreamSource,
 )
 
-from tessera.models.gemm import GemmConfig
+from tessera.models.gemm import GemmConfig, pack_stream
 from tessera.rtl.temporal_gemm import REGISTERS
 from tessera.sim.scoreboard import first_mismatch
 
@@ -88,13 +88,13 @@ async def gemm_cases(dut: Any) -> None:
             ("ZERO_POINT", case["zero_point"] & 0xFFFFFFFF),
         ):
             await csr.write_dword(REG[name], value)
-        a_src.send_nowait(AxiStreamFrame(data["a_beats"].tobytes()))
-        b_src.send_nowait(AxiStreamFrame(data["b_beats"].tobytes()))
+        a_src.send_nowait(AxiStreamFrame(pack_stream(data["a_beats"], cfg.a_beat_bytes)))
+        b_src.send_nowait(AxiStreamFrame(pack_stream(data["b_beats"], cfg.b_beat_bytes)))
         await csr.write_dword(REG["CTRL"], 1)
         await RisingEdge(dut.clk)
         start_ns = cocotb.utils.get_sim_time("ns")
 
-        beats = len(data["a_beats"])
+        beats = len(data["a_beats"]) * cfg.beats_per_slice
         slack = 1.0 / max(1e-3, (1 - case["idle"]) * (1 - case["backpressure"]))
         limit_cycles = int(4 * slack * (beats + len(data["expected"]) + 64)) + 1000
         try:

@@ -10,9 +10,11 @@ from tessera.models.gemm import GemmConfig, Requant
 from tessera.sim.runner import GemmCase, simulate_gemm
 
 
-@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (2, 8)])
-def test_cycle_model_within_one_percent_of_rtl(rows, cols, tmp_path):
-    cfg = GemmConfig(rows=rows, cols=cols)
+@pytest.mark.parametrize(
+    ("rows", "cols", "a_bytes", "b_bytes"), [(4, 4, None, None), (2, 8, None, None), (4, 2, 2, 8)]
+)
+def test_cycle_model_within_one_percent_of_rtl(rows, cols, a_bytes, b_bytes, tmp_path):
+    cfg = GemmConfig(rows=rows, cols=cols, a_stream_bytes=a_bytes, b_stream_bytes=b_bytes)
     rng = np.random.default_rng(rows * 100 + cols)
     shapes = [tuple(int(v) for v in rng.integers(1, 40, size=3)) for _ in range(22)]
     shapes += [(1, 1, 1), (rows * 3, cols * 2, 1), (rows, cols, 2)]  # drain-bound corners

@@ -16,6 +16,7 @@ from tessera.models.gemm import (
     gemm,
     gemm_tiles,
     output_beats,
+    pack_stream,
     stream_operands,
 )
 from tessera.models.rounding import Overflow, Rounding
@@ -115,11 +116,22 @@ def test_accumulator_wraps_like_hardware():
         ("rounding", "NEAREST"),
         ("overflow", "CLAMP"),
         ("rows", 2.5),
+        ("a_stream_bytes", 3),
+        ("b_stream_bytes", 0),
     ],
 )
 def test_config_rejects_bad_fields(field, value):
     with pytest.raises(ValueError, match=field):
         GemmConfig(**{field: value})
+
+
+def test_stream_widths_and_packing():
+    cfg = GemmConfig(rows=4, cols=4, a_stream_bytes=2, b_stream_bytes=8)
+    assert (cfg.a_beat_bytes, cfg.b_beat_bytes, cfg.beats_per_slice) == (2, 8, 2)
+    assert GemmConfig(rows=8, cols=2).beats_per_slice == 1
+    slices = np.arange(12, dtype=np.int8).reshape(3, 4)
+    assert pack_stream(slices, 8) == bytes(range(12)) + bytes(4)
+    assert pack_stream(slices, 2) == bytes(range(12))
 
 
 def test_config_round_trip_and_names():
