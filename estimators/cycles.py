@@ -85,7 +85,7 @@ def gemm_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> GemmCycleEstimate:
     tail = last_rows + 2 + (1 if split and q == 1 else 0)
     return GemmCycleEstimate(
         cycles=compute + stall + tail,
-        ideal_cycles=m * n * k / cfg.macs,
+        ideal_cycles=cfg.ideal_cycles(m, n, k),
         compute_cycles=compute,
         drain_stall_cycles=stall,
         tail_cycles=tail,

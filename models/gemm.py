@@ -159,6 +159,10 @@ class GemmConfig:
         """Readable, unique name such as ``gemm_r4c4_1a2b3c4d5e``."""
         return f"gemm_r{self.rows}c{self.cols}_{self.digest}"
 
+    def ideal_cycles(self, m: int, n: int, k: int) -> float:
+        """``M*N*K / (rows*cols)``: cycles of a fully used array with no padding or overhead."""
+        return m * n * k / self.macs
+
     def check_shape(self, m: int, n: int, k: int) -> None:
         """Raise ``ValueError`` if (M, N, K) cannot be run on this engine."""
         for name, v in (("M", m), ("N", n), ("K", k)):

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tessera.models.gemm import GemmConfig, Requant, gemm, output_beats, stream_operands
+from tessera.rtl.temporal_gemm import TOP_NAME, generate_gemm
 from tessera.sim.tools import FIXES, ToolError, ensure_verilator_on_path
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "GemmSimResult",
     "SimulationError",
     "default_build_root",
-    "ideal_cycles",
     "simulate_gemm",
 ]
 
@@ -111,11 +111,6 @@ class GemmSimResult:
         return asdict(self)
 
 
-def ideal_cycles(m: int, n: int, k: int, cfg: GemmConfig) -> float:
-    """``M*N*K / (rows*cols)``: cycles of a fully used array with no padding or overhead."""
-    return m * n * k / cfg.macs
-
-
 def default_build_root() -> Path:
     """``$TESSERA_BUILD_DIR`` or ``./build``."""
     return Path(os.environ.get("TESSERA_BUILD_DIR", "build"))
@@ -135,8 +130,6 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _build(cfg: GemmConfig, sim: str, build_dir: Path, waves: bool) -> Any:
     from cocotb_tools.runner import get_runner
-
-    from tessera.rtl.temporal_gemm import TOP_NAME, generate_gemm
 
     if sim == "verilator":
         ensure_verilator_on_path()
@@ -270,7 +263,7 @@ def simulate_gemm(
         try:
             runner.test(
                 test_module=TESTBENCH_MODULE,
-                hdl_toplevel="temporal_gemm",
+                hdl_toplevel=TOP_NAME,
                 hdl_toplevel_lang="verilog",
                 build_dir=root / sim,
                 timescale=("1ns", "1ps"),
@@ -294,7 +287,7 @@ def simulate_gemm(
         waves_path = str(found[0]) if found else None
     out = []
     for case, res in zip(cases, raw_results, strict=False):
-        ideal = ideal_cycles(case.m, case.n, case.k, cfg)
+        ideal = cfg.ideal_cycles(case.m, case.n, case.k)
         out.append(
             GemmSimResult(
                 case=case.label,
