@@ -9,6 +9,17 @@ from tessera.models.rounding import Overflow, Rounding
 
 HALF = Fraction(1, 2)
 
+# Hand-computed: each mode applied to the ties -2.5, -1.5, -0.5, 0.5, 1.5, 2.5.
+TIE_RESULTS = {
+    Rounding.TRN: [-3, -2, -1, 0, 1, 2],
+    Rounding.TRN_ZERO: [-2, -1, 0, 0, 1, 2],
+    Rounding.RND: [-2, -1, 0, 1, 2, 3],
+    Rounding.RND_ZERO: [-2, -1, 0, 0, 1, 2],
+    Rounding.RND_MIN_INF: [-3, -2, -1, 0, 1, 2],
+    Rounding.RND_INF: [-3, -2, -1, 1, 2, 3],
+    Rounding.RND_CONV: [-2, -2, 0, 0, 2, 2],
+}
+
 
 def ref_round(value: Fraction, mode: Rounding) -> int:
     """Round an exact rational with ``mode``, from the definition of each mode."""

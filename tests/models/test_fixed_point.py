@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_math import ref_overflow, ref_round
+from reference_math import TIE_RESULTS, ref_overflow, ref_round
 
 from tessera.models.fixed_point import (
     FixedType,
@@ -97,15 +97,6 @@ def test_invalid_fields(kwargs: dict[str, object], field: str) -> None:
 
 # ---------------------------------------------------------------- quantize, hand-computed
 TIES = [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5]
-TIE_RESULTS = {
-    Rounding.TRN: [-3, -2, -1, 0, 1, 2],
-    Rounding.TRN_ZERO: [-2, -1, 0, 0, 1, 2],
-    Rounding.RND: [-2, -1, 0, 1, 2, 3],
-    Rounding.RND_ZERO: [-2, -1, 0, 0, 1, 2],
-    Rounding.RND_MIN_INF: [-3, -2, -1, 0, 1, 2],
-    Rounding.RND_INF: [-3, -2, -1, 1, 2, 3],
-    Rounding.RND_CONV: [-2, -2, 0, 0, 2, 2],
-}
 
 
 @pytest.mark.parametrize("mode", list(Rounding))

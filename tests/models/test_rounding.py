@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_math import ref_overflow, ref_round
+from reference_math import TIE_RESULTS, ref_overflow, ref_round
 
 from tessera.models.rounding import (
     Overflow,
@@ -33,15 +33,6 @@ HALF = Fraction(1, 2)
 # ---------------------------------------------------------------- shift_round, hand-computed
 # x / 2 with x = -5, -3, -1, 1, 3, 5: ties at -2.5, -1.5, -0.5, 0.5, 1.5, 2.5.
 TIES = [-5, -3, -1, 1, 3, 5]
-TIE_RESULTS = {
-    Rounding.TRN: [-3, -2, -1, 0, 1, 2],
-    Rounding.TRN_ZERO: [-2, -1, 0, 0, 1, 2],
-    Rounding.RND: [-2, -1, 0, 1, 2, 3],
-    Rounding.RND_ZERO: [-2, -1, 0, 0, 1, 2],
-    Rounding.RND_MIN_INF: [-3, -2, -1, 0, 1, 2],
-    Rounding.RND_INF: [-3, -2, -1, 1, 2, 3],
-    Rounding.RND_CONV: [-2, -2, 0, 0, 2, 2],
-}
 # x / 4 with x = -7, -5, 5, 7: -1.75, -1.25, 1.25, 1.75 (no ties).
 NON_TIES = [-7, -5, 5, 7]
 NON_TIE_RESULTS = {
