@@ -370,9 +370,17 @@ def mul_type(a: FixedType, b: FixedType) -> FixedType:
     return _result_type(a.width + b.width, a.int_bits + b.int_bits, signed, "product")
 
 
-def _align(raw: IntArray, src: FixedType, dst: FixedType) -> IntArray:
-    """Shift raw values of ``src`` onto ``dst``'s lsb; exact because ``dst`` has more frac bits."""
-    return raw << np.int64(dst.frac_bits - src.frac_bits)
+def _aligned(
+    a_raw: npt.ArrayLike,
+    a_type: FixedType,
+    b_raw: npt.ArrayLike,
+    b_type: FixedType,
+    dst: FixedType,
+) -> tuple[IntArray, IntArray]:
+    """Checked raw operands shifted onto ``dst``'s lsb (exact: ``dst`` has more frac bits)."""
+    a = a_type.check_raw(a_raw, "a_raw") << np.int64(dst.frac_bits - a_type.frac_bits)
+    b = b_type.check_raw(b_raw, "b_raw") << np.int64(dst.frac_bits - b_type.frac_bits)
+    return a, b
 
 
 def add(
@@ -397,8 +405,7 @@ def add(
         ``(raw, type)``: raw values of the sum and their format.
     """
     result_type = add_type(a_type, b_type)
-    a = _align(a_type.check_raw(a_raw, "a_raw"), a_type, result_type)
-    b = _align(b_type.check_raw(b_raw, "b_raw"), b_type, result_type)
+    a, b = _aligned(a_raw, a_type, b_raw, b_type, result_type)
     return np.asarray(a + b, dtype=np.int64), result_type
 
 
@@ -424,8 +431,7 @@ def sub(
         ``(raw, type)``: raw values of the difference and their format.
     """
     result_type = sub_type(a_type, b_type)
-    a = _align(a_type.check_raw(a_raw, "a_raw"), a_type, result_type)
-    b = _align(b_type.check_raw(b_raw, "b_raw"), b_type, result_type)
+    a, b = _aligned(a_raw, a_type, b_raw, b_type, result_type)
     return np.asarray(a - b, dtype=np.int64), result_type
 
 

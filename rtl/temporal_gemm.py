@@ -174,6 +174,16 @@ class TemporalGemm(wiring.Component):
         feeding = Signal()  # busy and operand beats still expected
         cycles = Signal(32)
 
+        # Plain read/write registers: written whole (truncated to their width), read back as is.
+        settings = {
+            "M": size_m,
+            "N": size_n,
+            "K": size_k,
+            "MODE": raw_mode,
+            "MULTIPLIER": multiplier,
+            "SHIFT": shift,
+            "ZERO_POINT": zero_point,
+        }
         with m.If(bus.w_en & ~busy):
             with m.Switch(bus.w_addr):
                 with m.Case(_REG["CTRL"]):
@@ -183,30 +193,13 @@ class TemporalGemm(wiring.Component):
                             m.d.sync += error.eq(1)
                         with m.Else():
                             m.d.sync += [busy.eq(1), error.eq(0), cycles.eq(0), feeding.eq(1)]
-                with m.Case(_REG["M"]):
-                    m.d.sync += size_m.eq(bus.w_data)
-                with m.Case(_REG["N"]):
-                    m.d.sync += size_n.eq(bus.w_data)
-                with m.Case(_REG["K"]):
-                    m.d.sync += size_k.eq(bus.w_data)
-                with m.Case(_REG["MODE"]):
-                    m.d.sync += raw_mode.eq(bus.w_data[0])
-                with m.Case(_REG["MULTIPLIER"]):
-                    m.d.sync += multiplier.eq(bus.w_data)
-                with m.Case(_REG["SHIFT"]):
-                    m.d.sync += shift.eq(bus.w_data)
-                with m.Case(_REG["ZERO_POINT"]):
-                    m.d.sync += zero_point.eq(bus.w_data)
+                for name, register in settings.items():
+                    with m.Case(_REG[name]):
+                        m.d.sync += register.eq(bus.w_data)
 
         read_values = {
             "CTRL": busy | (done << 1) | (error << 2),
-            "M": size_m,
-            "N": size_n,
-            "K": size_k,
-            "MODE": raw_mode,
-            "MULTIPLIER": multiplier,
-            "SHIFT": shift,
-            "ZERO_POINT": zero_point.as_unsigned(),
+            **{name: register.as_unsigned() for name, register in settings.items()},
             "CYCLES": cycles,
             "INFO": rows | (cols << 8) | (dim << 16) | (VERSION << 24),
         }

@@ -94,7 +94,11 @@ class GemmCase:
 
 @dataclass(frozen=True)
 class GemmSimResult:
-    """Outcome of one case: pass/fail against the golden model and the measured cycles."""
+    """Outcome of one case: pass/fail against the golden model and the measured cycles.
+
+    ``cycles`` is the engine's ``CYCLES`` register (checked against the testbench's own count);
+    ``sim_seconds`` is the wall time of the whole simulator run the case was part of.
+    """
 
     case: str
     passed: bool
