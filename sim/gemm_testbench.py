@@ -10,17 +10,11 @@ test fails if any case fails.
 
 from __future__ import annotations
 
-import json
-import os
-import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, SimTimeoutError, with_timeout
+from cocotb.triggers import RisingEdge, SimTimeoutError, with_timeout
 from cocotbext.axi import (
     AxiLiteBus,
     AxiLiteMaster,
@@ -32,26 +26,18 @@ from cocotbext.axi import (
 
 from tessera.models.gemm import GemmConfig, pack_stream
 from tessera.rtl.temporal_gemm import REGISTERS
+from tessera.sim.harness import CLOCK_NS, load_job, reset_dut, set_stalls, write_results
 from tessera.sim.scoreboard import first_mismatch
 
-CLOCK_NS = 10
 REG = {r.name: r.offset for r in REGISTERS}
-
-
-def _pauses(rng: random.Random, probability: float) -> Iterator[bool]:
-    while True:
-        yield rng.random() < probability
 
 
 @cocotb.test()
 async def gemm_cases(dut: Any) -> None:
     """Run every case of the job on the DUT, in order, on one reset."""
-    job = json.loads(Path(os.environ["TESSERA_JOB"]).read_text())
+    job = load_job()
     cfg = GemmConfig.from_dict(job["config"])
-    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 4)
-    dut.rst.value = 0
+    await reset_dut(dut)
 
     csr = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "csr_"), dut.clk, dut.rst)
     a_src = AxiStreamSource(AxiStreamBus.from_prefix(dut, "a_"), dut.clk, dut.rst)
@@ -66,16 +52,10 @@ async def gemm_cases(dut: Any) -> None:
     results = []
     for case in job["cases"]:
         data = np.load(case["data"])
-        rng = random.Random(case["seed"])
-        for port, probability in (
-            (a_src, case["idle"]),
-            (b_src, case["idle"]),
-            (c_sink, case["backpressure"]),
-        ):
-            port.clear_pause_generator()
-            port.pause = False  # clearing the generator can leave a pause asserted
-            if probability > 0:
-                port.set_pause_generator(_pauses(rng, probability))
+        set_stalls(
+            [(a_src, case["idle"]), (b_src, case["idle"]), (c_sink, case["backpressure"])],
+            case["seed"],
+        )
 
         m, n, k = case["m"], case["n"], case["k"]
         for name, value in (
@@ -113,7 +93,7 @@ async def gemm_cases(dut: Any) -> None:
                     "output_beats": None,
                 }
             )
-            Path(job["results"]).write_text(json.dumps(results, indent=1))
+            write_results(job, results)
             break
         tb_cycles = round((cocotb.utils.get_sim_time("ns") - start_ns) / CLOCK_NS)
         status = await csr.read_dword(REG["CTRL"])
@@ -152,7 +132,7 @@ async def gemm_cases(dut: Any) -> None:
                 "output_beats": len(got),
             }
         )
-        Path(job["results"]).write_text(json.dumps(results, indent=1))
+        write_results(job, results)
         if not passed:
             break  # later cases would start from an inconsistent state
     failed = [r for r in results if not r["passed"]]
