@@ -299,9 +299,7 @@ def probabilities(
     return np.minimum(p, (1 << cfg.out_bits) - 1)
 
 
-def softmax(
-    x: npt.ArrayLike, cfg: SoftmaxConfig, mask: npt.ArrayLike | None = None
-) -> IntArray:
+def softmax(x: npt.ArrayLike, cfg: SoftmaxConfig, mask: npt.ArrayLike | None = None) -> IntArray:
     """Bit-exact softmax of the online unit over the last axis.
 
     Parameters
