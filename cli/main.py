@@ -32,43 +32,13 @@ def _progress(message: str) -> None:
     print(f"[tessera] {message}", file=sys.stderr, flush=True)
 
 
-def _integer(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    return value
-
-
-def _gemm_config(args: argparse.Namespace) -> Any:
-    from tessera.models.gemm import GemmConfig
+def _config(engine: str, args: argparse.Namespace) -> Any:
+    from tessera.cli.engines import ENGINES, config_from_args
 
     try:
-        return GemmConfig(
-            rows=args.rows,
-            cols=args.cols,
-            dim_bits=args.dim_bits,
-            a_stream_bytes=args.a_stream_bytes,
-            b_stream_bytes=args.b_stream_bytes,
-        )
-    except ValueError as exc:
+        return config_from_args(ENGINES[engine].config_class(), args)
+    except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-
-
-def _add_engine_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        p.add_argument("engine", choices=["gemm"], help="engine to build")
-    p.add_argument("--rows", type=_integer, default=4, help="MAC array rows (default 4)")
-    p.add_argument("--cols", type=_integer, default=4, help="MAC array columns (default 4)")
-    p.add_argument(
-        "--dim-bits", type=_integer, default=16, help="width of the M/N/K registers (default 16)"
-    )
-    p.add_argument(
-        "--a-stream-bytes", type=_integer, help="A bus width in bytes (default: rows, one slice)"
-    )
-    p.add_argument(
-        "--b-stream-bytes", type=_integer, help="B bus width in bytes (default: cols, one slice)"
-    )
 
 
 def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
@@ -89,15 +59,15 @@ def _print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tessera.rtl.temporal_gemm import generate_gemm
+    from tessera.cli.engines import ENGINES
 
-    cfg = _gemm_config(args)
+    cfg = _config(args.engine, args)
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UsageError(f"output directory {out} is not empty; pass --force to overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        generate_gemm(cfg, tmp)
+        ENGINES[args.engine].generator()(cfg, tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -114,69 +84,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from tessera.estimators.cycles import gemm_cycles
-    from tessera.models.gemm import Requant
-    from tessera.sim.runner import GemmCase, simulate_gemm
+    from tessera.cli.engines import ENGINES
 
-    cfg = _gemm_config(args)
+    spec = ENGINES[args.engine]
+    cfg = _config(args.engine, args)
     try:
-        cfg.check_shape(args.m, args.n, args.k)
-        requant = None if args.raw else Requant(args.multiplier, args.shift, args.zero_point)
+        cases = spec.make_cases(cfg, args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    case = GemmCase(
-        args.m,
-        args.n,
-        args.k,
-        requant=requant,
-        seed=args.seed,
-        idle=args.idle,
-        backpressure=args.backpressure,
-    )
-    _progress(
-        f"simulating {case.label} on {cfg.short_name} with {args.sim} (builds once per config)"
-    )
+    _progress(f"simulating {args.engine} {cfg.short_name} on {args.sim} (builds once per config)")
     t0 = time.perf_counter()
-    (result,) = simulate_gemm(cfg, [case], sim=args.sim, waves=args.waves)
+    results, extra = spec.simulate(cfg, cases, args)
     seconds = time.perf_counter() - t0
-    model = gemm_cycles(args.m, args.n, args.k, cfg)
-    report = {
-        **result.to_dict(),
-        "config": cfg.to_dict(),
-        "m": args.m,
-        "n": args.n,
-        "k": args.k,
-        "model_cycles": model.cycles,
-        "wall_seconds": round(seconds, 3),
-    }
+    passed = all(r.passed for r in results)
     if args.json:
+        report = {
+            "engine": args.engine,
+            "config": cfg.to_dict(),
+            "passed": passed,
+            "results": [r.to_dict() for r in results],
+            **extra,
+            "wall_seconds": round(seconds, 3),
+        }
         print(json.dumps(report))
     else:
-        print(f"{'PASS' if result.passed else 'FAIL'}: {result.message}")
-        print(
-            f"cycles {result.cycles}  ideal {result.ideal_cycles:.1f}  "
-            f"utilization {100 * result.utilization:.2f} %  (model: {model.cycles} cycles)"
-        )
-        if result.waves:
-            print(f"waveform: {result.waves}")
-    return 0 if result.passed else 1
+        for r in results:
+            print(f"{'PASS' if r.passed else 'FAIL'} {r.case}: {r.message}, {r.cycles} cycles")
+            if getattr(r, "utilization", None) is not None:
+                print(
+                    f"  ideal {r.ideal_cycles:.1f}  utilization {100 * r.utilization:.2f} %"
+                    f"  (model: {extra['model_cycles']} cycles)"
+                )
+            if r.waves:
+                print(f"waveform: {r.waves}")
+    return 0 if passed else 1
 
 
 # ---- synth ------------------------------------------------------------------------------------
 
 
-def _synth(cfg: Any, family: str) -> Any:
+def _synth(engine: str, cfg: Any, family: str) -> Any:
+    from tessera.cli.engines import ENGINES
     from tessera.estimators.synthesis import synthesize
-    from tessera.rtl.temporal_gemm import TOP_NAME, generate_gemm
 
-    verilog = generate_gemm(cfg)["verilog"]
-    return synthesize(verilog, TOP_NAME, family)
+    generated = ENGINES[engine].generator()(cfg, None)
+    return synthesize(generated["verilog"], generated["top"], family)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    cfg = _gemm_config(args)
+    cfg = _config(args.engine, args)
     _progress(f"synthesizing {cfg.short_name} for {args.family} with Yosys (cached by content)")
-    res = _synth(cfg, args.family)
+    res = _synth(args.engine, cfg, args.family)
     if args.json:
         print(json.dumps({"config": cfg.to_dict(), **res.to_dict()}))
     else:
@@ -206,11 +164,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tessera.models.gemm import Requant, gemm
     from tessera.sim.runner import GemmCase, simulate_gemm
 
-    cfg = _gemm_config(args)
+    cfg = _config("gemm", args)
     out = Path(args.output)
     _progress(f"1/4 generate {cfg.short_name} -> {out}")
     gen_args = argparse.Namespace(
-        **{**vars(args), "output": str(out), "force": True, "json": False}
+        **{**vars(args), "engine": "gemm", "output": str(out), "force": True, "json": False}
     )
     cmd_generate(gen_args)
 
@@ -230,7 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         a, b = case.operands()
         golden_ok &= bool(np.array_equal(gemm(a, b, cfg), a.astype(np.int64) @ b.astype(np.int64)))
     _progress("4/4 synthesize for xc7 with Yosys")
-    synth = _synth(cfg, "xc7")
+    synth = _synth("gemm", cfg, "xc7")
 
     rows = []
     for case, res in zip(cases, results, strict=True):
@@ -276,8 +234,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"tessera: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _engine_parsers(parent: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    from tessera.cli.engines import ENGINES, add_config_args
+
+    engines = parent.add_subparsers(
+        dest="engine", required=True, metavar="ENGINE", parser_class=_Parser
+    )
+    parsers = []
+    for name, spec in ENGINES.items():
+        ep = engines.add_parser(name, help=spec.summary, description=spec.summary)
+        add_config_args(ep, spec.config_class())
+        parsers.append((name, ep))
+    return parsers
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tessera`` command."""
+    from tessera.cli.engines import ENGINES, add_config_args
+
     parser = _Parser(prog="tessera", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -286,38 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("generate", help="write Verilog, register map and config of an engine")
-    _add_engine_args(p)
-    p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    p.add_argument("--json", action="store_true")
+    for _, ep in _engine_parsers(p):
+        ep.add_argument("-o", "--output", required=True, help="output directory")
+        ep.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+        ep.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
-        "simulate", help="run a GEMM on the RTL and check it against the golden model"
+        "simulate", help="run an engine's RTL with cocotb and check it against the golden model"
     )
-    _add_engine_args(p)
-    for dim in ("m", "n", "k"):
-        p.add_argument(f"--{dim}", type=_integer, required=True, help=f"{dim.upper()} dimension")
-    p.add_argument("--sim", choices=["icarus", "verilator"], default="verilator")
-    p.add_argument("--seed", type=_integer, default=0)
-    p.add_argument("--raw", action="store_true", help="raw int32 accumulators instead of int8")
-    p.add_argument("--multiplier", type=_integer, default=1 << 30)
-    p.add_argument("--shift", type=_integer, default=38)
-    p.add_argument("--zero-point", type=_integer, default=0)
-    p.add_argument("--idle", type=float, default=0.0, help="probability of an idle input cycle")
-    p.add_argument("--backpressure", type=float, default=0.0, help="probability of output stall")
-    p.add_argument("--waves", action="store_true", help="dump a waveform and print its path")
-    p.add_argument("--json", action="store_true")
+    for engine, ep in _engine_parsers(p):
+        ENGINES[engine].add_case_args(ep)
+        ep.add_argument("--sim", choices=["icarus", "verilator"], default="verilator")
+        ep.add_argument("--waves", action="store_true", help="dump a waveform, print its path")
+        ep.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("synth", help="synthesize an engine with Yosys and print its resources")
-    _add_engine_args(p)
-    p.add_argument("--family", choices=FAMILIES, default="xc7")
-    p.add_argument("--json", action="store_true")
+    for _, ep in _engine_parsers(p):
+        ep.add_argument("--family", choices=FAMILIES, default="xc7")
+        ep.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
-    _add_engine_args(p, positional=False)
+    add_config_args(p, ENGINES["gemm"].config_class())
     p.add_argument("-o", "--output", default="build/demo", help="output directory")
     p.set_defaults(func=cmd_demo)
     return parser

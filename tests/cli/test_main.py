@@ -78,11 +78,12 @@ def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
     proc = _run(*args.split(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["passed"] is True
-    assert report["ideal_cycles"] == pytest.approx(5 * 3 * 9 / 4)
-    assert report["cycles"] == report["model_cycles"]
-    assert report["utilization"] == pytest.approx(report["ideal_cycles"] / report["cycles"])
-    assert report["waves"].endswith(".fst") and Path(report["waves"]).stat().st_size > 0
+    assert report["passed"] is True and report["engine"] == "gemm"
+    (result,) = report["results"]
+    assert result["ideal_cycles"] == pytest.approx(5 * 3 * 9 / 4)
+    assert result["cycles"] == report["model_cycles"]
+    assert result["utilization"] == pytest.approx(result["ideal_cycles"] / result["cycles"])
+    assert result["waves"].endswith(".fst") and Path(result["waves"]).stat().st_size > 0
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -1,0 +1,172 @@
+"""The engines the command line knows: config class, generator, simulator and case options.
+
+Each engine's generator options are derived from the fields of its config dataclass (``rows`` ->
+``--rows``), so the command line never restates a parameter the config already defines, and a bad
+value is rejected by the config's own validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ENGINES", "EngineSpec", "add_config_args", "config_from_args", "integer"]
+
+
+def integer(text: str) -> int:
+    """argparse type: an integer in any Python literal base (``0x10`` works)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How the command line builds, generates and simulates one engine.
+
+    Attributes
+    ----------
+    name : str
+        Engine name on the command line.
+    summary : str
+        One-line description for ``--help``.
+    config : str
+        ``module:Class`` of the frozen config dataclass.
+    generate : str
+        ``module:function`` with signature ``(cfg, out_dir) -> dict`` (``verilog``, ``top``...).
+    add_case_args : callable
+        Adds the options of one simulation case to a parser.
+    make_cases : callable
+        ``(cfg, args) -> cases``: the cases the options describe (``ValueError`` if the engine
+        cannot run them).
+    simulate : callable
+        ``(cfg, cases, args) -> (results, extra)``: runs the cases and returns the simulator
+        results and extra report fields.
+    """
+
+    name: str
+    summary: str
+    config: str
+    generate: str
+    add_case_args: Callable[[argparse.ArgumentParser], None]
+    make_cases: Callable[[Any, argparse.Namespace], list[Any]]
+    simulate: Callable[[Any, list[Any], argparse.Namespace], tuple[list[Any], dict[str, Any]]]
+
+    def config_class(self) -> type:
+        return _load(self.config)
+
+    def generator(self) -> Callable[..., dict[str, Any]]:
+        return _load(self.generate)
+
+
+def add_config_args(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--field-name`` option per field of ``config_class`` (default: the config's)."""
+    group = parser.add_argument_group(f"{config_class.__name__} (engine parameters)")
+    for field in dataclasses.fields(config_class):
+        default = field.default
+        option = "--" + field.name.replace("_", "-")
+        dest = f"cfg_{field.name}"
+        metavar = field.name.upper()
+        if isinstance(default, enum.Enum):
+            choices = [member.value for member in type(default)]
+            group.add_argument(option, dest=dest, choices=choices, help=f"default {default.value}")
+        elif isinstance(default, bool):
+            group.add_argument(
+                option, dest=dest, type=lambda t: t.lower() in ("1", "true", "yes"), help="0 / 1"
+            )
+        elif isinstance(default, float):
+            group.add_argument(
+                option, dest=dest, type=float, metavar=metavar, help=f"default {default}"
+            )
+        else:
+            shown = "derived" if default is None else default
+            group.add_argument(
+                option, dest=dest, type=integer, metavar=metavar, help=f"default {shown}"
+            )
+
+
+def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
+    """Build the config from the options given; the config validates them (``ValueError``)."""
+    values = {}
+    for field in dataclasses.fields(config_class):
+        value = getattr(args, f"cfg_{field.name}", None)
+        if value is not None:
+            values[field.name] = value
+    return config_class(**values)
+
+
+def _stall_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=integer, default=0, help="seeds data and stall patterns")
+    parser.add_argument(
+        "--idle", type=float, default=0.0, help="probability of an idle input cycle"
+    )
+    parser.add_argument(
+        "--backpressure", type=float, default=0.0, help="probability of an output stall"
+    )
+
+
+# --- gemm -------------------------------------------------------------------------------------
+
+
+def _gemm_case_args(p: argparse.ArgumentParser) -> None:
+    for dim in ("m", "n", "k"):
+        p.add_argument(f"--{dim}", type=integer, required=True, help=f"{dim.upper()} dimension")
+    p.add_argument("--raw", action="store_true", help="raw int32 accumulators instead of int8")
+    p.add_argument("--multiplier", type=integer, default=1 << 30)
+    p.add_argument("--shift", type=integer, default=38)
+    p.add_argument("--zero-point", type=integer, default=0)
+    _stall_args(p)
+
+
+def _gemm_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.models.gemm import Requant
+    from tessera.sim.runner import GemmCase
+
+    cfg.check_shape(args.m, args.n, args.k)
+    requant = None if args.raw else Requant(args.multiplier, args.shift, args.zero_point)
+    return [
+        GemmCase(
+            args.m,
+            args.n,
+            args.k,
+            requant=requant,
+            seed=args.seed,
+            idle=args.idle,
+            backpressure=args.backpressure,
+        )
+    ]
+
+
+def _gemm_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.estimators.cycles import gemm_cycles
+    from tessera.sim.runner import simulate_gemm
+
+    results = simulate_gemm(cfg, cases, sim=args.sim, waves=args.waves)
+    model = gemm_cycles(args.m, args.n, args.k, cfg)
+    return results, {"m": args.m, "n": args.n, "k": args.k, "model_cycles": model.cycles}
+
+
+ENGINES: dict[str, EngineSpec] = {
+    "gemm": EngineSpec(
+        name="gemm",
+        summary="TemporalGemm: int8 GEMM on a fixed MAC array, any M/N/K at run time",
+        config="tessera.models.gemm:GemmConfig",
+        generate="tessera.rtl.temporal_gemm:generate_gemm",
+        add_case_args=_gemm_case_args,
+        make_cases=_gemm_cases,
+        simulate=_gemm_simulate,
+    ),
+}
