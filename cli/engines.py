@@ -170,3 +170,45 @@ ENGINES: dict[str, EngineSpec] = {
         simulate=_gemm_simulate,
     ),
 }
+
+
+# --- gelu -------------------------------------------------------------------------------------
+
+
+def _gelu_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=integer, default=4096, help="elements to stream")
+    p.add_argument("--data", choices=["random", "sweep", "extreme"], default="random")
+    _stall_args(p)
+
+
+def _gelu_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.sim.gelu import GeluCase
+
+    return [
+        GeluCase(
+            args.count,
+            seed=args.seed,
+            data=args.data,
+            idle=args.idle,
+            backpressure=args.backpressure,
+        )
+    ]
+
+
+def _gelu_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.sim.gelu import simulate_gelu
+
+    return simulate_gelu(cfg, cases, sim=args.sim, waves=args.waves), {}
+
+
+ENGINES["gelu"] = EngineSpec(
+    name="gelu",
+    summary="GeluRom: GELU = ReLU - delta(|x|), delta from a ROM with linear interpolation",
+    config="tessera.models.gelu:GeluConfig",
+    generate="tessera.rtl.gelu:generate_gelu",
+    add_case_args=_gelu_case_args,
+    make_cases=_gelu_cases,
+    simulate=_gelu_simulate,
+)

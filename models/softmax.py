@@ -318,10 +318,13 @@ def softmax(x: npt.ArrayLike, cfg: SoftmaxConfig, mask: npt.ArrayLike | None = N
     """
     x = cfg.check_logits(x)
     maximum, total = online_max_sum(x, cfg, mask)
-    p = probabilities(x, maximum, reciprocal(total, cfg), cfg)
-    if mask is not None:
-        p = np.where(np.broadcast_to(mask, x.shape), p, 0)
-    return p
+    recip = reciprocal(total, cfg)
+    if mask is None:
+        return probabilities(x, maximum, recip, cfg)
+    keep = np.broadcast_to(mask, x.shape)
+    # A masked logit may exceed the row maximum: give it a harmless value, then probability 0.
+    clean = np.where(keep, x, maximum[..., None])
+    return np.where(keep, probabilities(clean, maximum, recip, cfg), 0)
 
 
 def softmax_float(x: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> np.ndarray:
