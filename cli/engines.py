@@ -212,3 +212,53 @@ ENGINES["gelu"] = EngineSpec(
     make_cases=_gelu_cases,
     simulate=_gelu_simulate,
 )
+
+
+# --- softmax ----------------------------------------------------------------------------------
+
+
+def _softmax_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=integer, default=8, help="rows to stream")
+    p.add_argument("--length", type=integer, default=129, help="elements per row (run time)")
+    p.add_argument(
+        "--data", choices=["random", "equal", "spike", "extreme", "increasing"], default="random"
+    )
+    _stall_args(p)
+
+
+def _softmax_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.sim.softmax import SoftmaxCase
+
+    if not 1 <= args.length <= cfg.max_len:
+        raise ValueError(
+            f"--length must be in [1, {cfg.max_len}] (the unit's max_len), got {args.length}; "
+            "raise --max-len to buffer longer rows"
+        )
+    case = SoftmaxCase(
+        args.rows,
+        args.length,
+        seed=args.seed,
+        data=args.data,
+        idle=args.idle,
+        backpressure=args.backpressure,
+    )
+    return [case]
+
+
+def _softmax_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.sim.softmax import simulate_softmax
+
+    return simulate_softmax(cfg, cases, sim=args.sim, waves=args.waves), {}
+
+
+ENGINES["softmax"] = EngineSpec(
+    name="softmax",
+    summary="OnlineSoftmax: single-pass running max/sum, base-2 exp LUT, one reciprocal per row",
+    config="tessera.models.softmax:SoftmaxConfig",
+    generate="tessera.rtl.softmax:generate_softmax",
+    add_case_args=_softmax_case_args,
+    make_cases=_softmax_cases,
+    simulate=_softmax_simulate,
+)
