@@ -262,3 +262,45 @@ ENGINES["softmax"] = EngineSpec(
     make_cases=_softmax_cases,
     simulate=_softmax_simulate,
 )
+
+
+# --- layernorm --------------------------------------------------------------------------------
+
+
+def _layernorm_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=integer, default=8, help="rows of dim elements to stream")
+    p.add_argument("--data", choices=["random", "extreme"], default="random")
+    _stall_args(p)
+
+
+def _layernorm_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.sim.layernorm import LayerNormCase
+
+    return [
+        LayerNormCase(
+            args.rows,
+            seed=args.seed,
+            data=args.data,
+            idle=args.idle,
+            backpressure=args.backpressure,
+        )
+    ]
+
+
+def _layernorm_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.sim.layernorm import simulate_layernorm
+
+    return simulate_layernorm(cfg, cases, sim=args.sim, waves=args.waves), {}
+
+
+ENGINES["layernorm"] = EngineSpec(
+    name="layernorm",
+    summary="LayerNorm: exact integer mean/variance, rsqrt by table + Newton, affine gamma/beta",
+    config="tessera.models.layernorm:LayerNormConfig",
+    generate="tessera.rtl.layernorm:generate_layernorm",
+    add_case_args=_layernorm_case_args,
+    make_cases=_layernorm_cases,
+    simulate=_layernorm_simulate,
+)
