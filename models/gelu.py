@@ -21,15 +21,13 @@ adder.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tessera.models.config import EngineConfig, check_int
 
 __all__ = [
     "DELTA_ARGMAX",
@@ -54,13 +52,6 @@ DELTA_CURVATURE = math.sqrt(2.0 / math.pi)
 DELTA_ARGMAX = 0.7517915716
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 def delta_float(a: npt.ArrayLike) -> np.ndarray:
     """``delta(a) = a * Phi(-a) = ReLU(a) - GELU(a)`` in float64, for ``a >= 0``."""
     a = np.asarray(a, dtype=np.float64)
@@ -70,7 +61,7 @@ def delta_float(a: npt.ArrayLike) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GeluConfig:
+class GeluConfig(EngineConfig):
     """Parameters of the ``GeluRom`` unit.
 
     Parameters
@@ -108,13 +99,13 @@ class GeluConfig:
     lanes: int = 4
 
     def __post_init__(self) -> None:
-        _check_int("in_bits", self.in_bits, 4, 24)
-        _check_int("step_log2", self.step_log2, 0, 12)
-        _check_int("in_frac", self.in_frac, self.step_log2, self.in_bits - 1)
-        _check_int("rom_entries", self.rom_entries, 2, 4096)
-        _check_int("rom_frac", self.rom_frac, self.in_frac, 30)
-        _check_int("rom_bits", self.rom_bits, 2, 32)
-        _check_int("lanes", self.lanes, 1, 64)
+        check_int("in_bits", self.in_bits, 4, 24)
+        check_int("step_log2", self.step_log2, 0, 12)
+        check_int("in_frac", self.in_frac, self.step_log2, self.in_bits - 1)
+        check_int("rom_entries", self.rom_entries, 2, 4096)
+        check_int("rom_frac", self.rom_frac, self.in_frac, 30)
+        check_int("rom_bits", self.rom_bits, 2, 32)
+        check_int("lanes", self.lanes, 1, 64)
         if self.range_code > 1 << (self.in_bits - 1):
             raise ValueError(
                 f"ROM range (rom_entries - 1) * 2**-step_log2 = {self.range} exceeds the input "
@@ -177,25 +168,6 @@ class GeluConfig:
         return (1 << (self.in_bits - 1)) - 1
 
     # --- identity -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GeluConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown GeluConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def digest(self) -> str:
-        """Stable 10-hex-digit hash of the configuration (build and cache keys)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
-
     @property
     def short_name(self) -> str:
         """Readable, unique name such as ``gelu_i16f10_l4_1a2b3c4d5e``."""

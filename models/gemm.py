@@ -11,14 +11,11 @@ N, K is done by iterating over output tiles, so the hardware does not grow with 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from tessera.models.config import EngineConfig, check_int
 from tessera.models.rounding import Overflow, Rounding, int_range, requantize, wrap
 
 __all__ = [
@@ -36,15 +33,8 @@ MULTIPLIER_BITS = 31
 MAX_SHIFT = 63
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 @dataclass(frozen=True)
-class GemmConfig:
+class GemmConfig(EngineConfig):
     """Generator parameters of a ``TemporalGemm`` engine.
 
     Parameters
@@ -80,16 +70,16 @@ class GemmConfig:
     b_stream_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("rows", self.rows, 1, 64)
-        _check_int("cols", self.cols, 1, 64)
-        _check_int("acc_bits", self.acc_bits, 16, 32)
-        _check_int("out_bits", self.out_bits, 2, 16)
-        _check_int("dim_bits", self.dim_bits, 2, 32)
+        check_int("rows", self.rows, 1, 64)
+        check_int("cols", self.cols, 1, 64)
+        check_int("acc_bits", self.acc_bits, 16, 32)
+        check_int("out_bits", self.out_bits, 2, 16)
+        check_int("dim_bits", self.dim_bits, 2, 32)
         for name, lanes in (("a_stream_bytes", self.rows), ("b_stream_bytes", self.cols)):
             width = getattr(self, name)
             if width is None:
                 continue
-            _check_int(name, width, 1, 256)
+            check_int(name, width, 1, 256)
             if width % lanes and lanes % width:
                 raise ValueError(
                     f"{name}={width} must divide or be a multiple of the {lanes}-byte slice "
@@ -131,28 +121,6 @@ class GemmConfig:
     def macs(self) -> int:
         """Multiply-accumulates per cycle."""
         return self.rows * self.cols
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (enums as their values)."""
-        d = dataclasses.asdict(self)
-        d["rounding"] = self.rounding.value
-        d["overflow"] = self.overflow.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GemmConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown GemmConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def digest(self) -> str:
-        """Stable 10-hex-digit hash of the configuration (build and cache keys)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
 
     @property
     def short_name(self) -> str:
@@ -196,9 +164,9 @@ class Requant:
     zero_point: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("multiplier", self.multiplier, 0, (1 << MULTIPLIER_BITS) - 1)
-        _check_int("shift", self.shift, 0, MAX_SHIFT)
-        _check_int("zero_point", self.zero_point, -(1 << 15), (1 << 15) - 1)
+        check_int("multiplier", self.multiplier, 0, (1 << MULTIPLIER_BITS) - 1)
+        check_int("shift", self.shift, 0, MAX_SHIFT)
+        check_int("zero_point", self.zero_point, -(1 << 15), (1 << 15) - 1)
 
 
 def _check_operands(a: np.ndarray, b: np.ndarray, cfg: GemmConfig) -> tuple[int, int, int]:

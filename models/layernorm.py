@@ -48,15 +48,13 @@ half, each sign-extended to whole bytes (see :func:`pack_rows`, :func:`pack_para
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tessera.models.config import EngineConfig, check_int
 
 __all__ = [
     "LayerNormConfig",
@@ -81,19 +79,12 @@ IntArray = npt.NDArray[np.int64]
 _MAX_BITS = 62
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 def _bytes_for(bits: int) -> int:
     return (bits + 7) // 8
 
 
 @dataclass(frozen=True)
-class LayerNormConfig:
+class LayerNormConfig(EngineConfig):
     """Parameters of the integer LayerNorm unit.
 
     Parameters
@@ -140,13 +131,13 @@ class LayerNormConfig:
     norm_frac: int = 14
 
     def __post_init__(self) -> None:
-        _check_int("dim", self.dim, 1, 4096)
-        _check_int("in_bits", self.in_bits, 2, 24)
-        _check_int("in_frac", self.in_frac, 0, self.in_bits - 1)
-        _check_int("out_bits", self.out_bits, 2, 24)
-        _check_int("out_frac", self.out_frac, 0, self.out_bits - 1)
-        _check_int("param_bits", self.param_bits, 2, 24)
-        _check_int("param_frac", self.param_frac, 0, self.param_bits - 1)
+        check_int("dim", self.dim, 1, 4096)
+        check_int("in_bits", self.in_bits, 2, 24)
+        check_int("in_frac", self.in_frac, 0, self.in_bits - 1)
+        check_int("out_bits", self.out_bits, 2, 24)
+        check_int("out_frac", self.out_frac, 0, self.out_bits - 1)
+        check_int("param_bits", self.param_bits, 2, 24)
+        check_int("param_frac", self.param_frac, 0, self.param_bits - 1)
         if (
             isinstance(self.eps, bool)
             or not isinstance(self.eps, int | float | np.integer | np.floating)
@@ -155,10 +146,10 @@ class LayerNormConfig:
         ):
             raise ValueError(f"eps must be a float in [0, 1], got {self.eps!r}")
         object.__setattr__(self, "eps", float(self.eps))
-        _check_int("rsqrt_lut_bits", self.rsqrt_lut_bits, 1, 10)
-        _check_int("newton_steps", self.newton_steps, 0, 3)
-        _check_int("rsqrt_frac", self.rsqrt_frac, 8, 24)
-        _check_int("norm_frac", self.norm_frac, 2, self.rsqrt_frac)
+        check_int("rsqrt_lut_bits", self.rsqrt_lut_bits, 1, 10)
+        check_int("newton_steps", self.newton_steps, 0, 3)
+        check_int("rsqrt_frac", self.rsqrt_frac, 8, 24)
+        check_int("norm_frac", self.norm_frac, 2, self.rsqrt_frac)
         if self.out_shift < 0:
             raise ValueError(
                 f"out_frac={self.out_frac} must not exceed norm_frac + param_frac "
@@ -246,25 +237,6 @@ class LayerNormConfig:
         return 2 * self.dim
 
     # --- identity ---------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerNormConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown LayerNormConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
-    @property
-    def digest(self) -> str:
-        """Stable 10-hex-digit hash of the configuration (build and cache keys)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
-
     @property
     def short_name(self) -> str:
         """Readable, unique name such as ``layernorm_d192_i16f8_1a2b3c4d5e``."""

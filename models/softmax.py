@@ -24,15 +24,13 @@ Every rounding is *round half up* (add half an LSB, then floor), which hardware 
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from tessera.models.config import EngineConfig, check_int
 
 __all__ = [
     "LOG2E_FRAC",
@@ -53,15 +51,8 @@ LOG2E_FRAC = 16
 IntArray = npt.NDArray[np.int64]
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 @dataclass(frozen=True)
-class SoftmaxConfig:
+class SoftmaxConfig(EngineConfig):
     """Parameters of the online softmax unit (and of the softmax inside attention).
 
     Parameters
@@ -94,14 +85,14 @@ class SoftmaxConfig:
     max_len: int = 256
 
     def __post_init__(self) -> None:
-        _check_int("in_bits", self.in_bits, 4, 24)
-        _check_int("in_frac", self.in_frac, 0, self.in_bits - 1)
-        _check_int("exp_frac", self.exp_frac, 8, 20)
-        _check_int("lut_bits", self.lut_bits, 1, 8)
-        _check_int("interp_bits", self.interp_bits, 0, 10)
-        _check_int("out_bits", self.out_bits, 2, 24)
-        _check_int("out_frac", self.out_frac, 1, self.out_bits - 1)
-        _check_int("max_len", self.max_len, 1, 65536)
+        check_int("in_bits", self.in_bits, 4, 24)
+        check_int("in_frac", self.in_frac, 0, self.in_bits - 1)
+        check_int("exp_frac", self.exp_frac, 8, 20)
+        check_int("lut_bits", self.lut_bits, 1, 8)
+        check_int("interp_bits", self.interp_bits, 0, 10)
+        check_int("out_bits", self.out_bits, 2, 24)
+        check_int("out_frac", self.out_frac, 1, self.out_bits - 1)
+        check_int("max_len", self.max_len, 1, 65536)
         if self.lut_bits + self.interp_bits > self.in_frac + LOG2E_FRAC:
             raise ValueError(
                 f"lut_bits + interp_bits ({self.lut_bits + self.interp_bits}) must not exceed "
@@ -146,20 +137,8 @@ class SoftmaxConfig:
         return self.exp_frac + self.recip_frac - self.out_frac
 
     @property
-    def digest(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
-
-    @property
     def short_name(self) -> str:
         return f"softmax_i{self.in_bits}f{self.in_frac}_l{self.max_len}_{self.digest}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SoftmaxConfig:
-        return cls(**data)
 
     def check_logits(self, x: npt.ArrayLike) -> IntArray:
         """``x`` as int64, or ``ValueError`` if an element does not fit ``in_bits``."""
