@@ -14,12 +14,10 @@ pipeline without dropping or repeating a beat, and bubbles are squeezed out behi
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 from amaranth import Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -28,6 +26,7 @@ from tessera.models.gelu import GeluConfig, gelu_rom
 from tessera.models.rounding import Overflow
 from tessera.rtl.arith import saturate
 from tessera.rtl.axi import AxiStreamSignature
+from tessera.rtl.emit import emit
 
 __all__ = ["LATENCY", "TOP_NAME", "GeluRom", "generate_gelu", "rom_words", "stream_layout"]
 
@@ -215,24 +214,6 @@ def generate_gelu(cfg: GeluConfig, out_dir: str | Path | None = None) -> dict[st
         ``{"verilog": str, "top": "gelu_rom", "files": list[str], "stream_layout": dict,
         "latency": int}``. The module's clock and reset ports are ``clk`` and ``rst``.
     """
-    text = verilog.convert(GeluRom(cfg), name=TOP_NAME, emit_src=False)
-    layout = stream_layout(cfg)
-    files: list[str] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {
-            f"{TOP_NAME}.v": text,
-            "stream_layout.json": json.dumps(layout, indent=2) + "\n",
-            "config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        }
-        for name, content in outputs.items():
-            (out / name).write_text(content)
-            files.append(str(out / name))
-    return {
-        "verilog": text,
-        "top": TOP_NAME,
-        "files": files,
-        "stream_layout": layout,
-        "latency": LATENCY,
-    }
+    return emit(
+        GeluRom(cfg), TOP_NAME, cfg, out_dir, {"stream_layout": stream_layout(cfg)}, latency=LATENCY
+    )

@@ -37,12 +37,10 @@ Protocol:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -51,6 +49,7 @@ from tessera.models.layernorm import LayerNormConfig, rsqrt_seed_table
 from tessera.models.rounding import Overflow
 from tessera.rtl.arith import saturate
 from tessera.rtl.axi import AxiStreamSignature
+from tessera.rtl.emit import emit
 
 __all__ = [
     "TOP_NAME",
@@ -496,18 +495,4 @@ def generate_layernorm(cfg: LayerNormConfig, out_dir: str | Path | None = None) 
         ``{"verilog": str, "register_map": dict, "top": str, "files": list[str]}``; the top
         module's clock and reset are ``clk`` and ``rst``.
     """
-    text = verilog.convert(LayerNorm(cfg), name=TOP_NAME, emit_src=False)
-    regmap = interface(cfg)
-    files: list[str] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {
-            f"{TOP_NAME}.v": text,
-            "register_map.json": json.dumps(regmap, indent=2) + "\n",
-            "config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        }
-        for name, content in outputs.items():
-            (out / name).write_text(content)
-            files.append(str(out / name))
-    return {"verilog": text, "register_map": regmap, "top": TOP_NAME, "files": files}
+    return emit(LayerNorm(cfg), TOP_NAME, cfg, out_dir, {"register_map": interface(cfg)})

@@ -18,18 +18,17 @@ behind the read pointer.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from tessera.models.softmax import SoftmaxConfig
 from tessera.rtl.axi import AxiStreamSignature
+from tessera.rtl.emit import emit
 from tessera.rtl.exp import EXP_LATENCY, ExpNeg, Reciprocal
 
 __all__ = [
@@ -379,24 +378,11 @@ def generate_softmax(cfg: SoftmaxConfig, out_dir: str | Path | None = None) -> d
         ``{"verilog": str, "top": "online_softmax", "files": list[str], "stream_layout": dict,
         "latency": int}``. The module's clock and reset ports are ``clk`` and ``rst``.
     """
-    text = verilog.convert(OnlineSoftmax(cfg), name=TOP_NAME, emit_src=False)
-    layout = stream_layout(cfg)
-    files: list[str] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {
-            f"{TOP_NAME}.v": text,
-            "stream_layout.json": json.dumps(layout, indent=2) + "\n",
-            "config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        }
-        for name, content in outputs.items():
-            (out / name).write_text(content)
-            files.append(str(out / name))
-    return {
-        "verilog": text,
-        "top": TOP_NAME,
-        "files": files,
-        "stream_layout": layout,
-        "latency": _latency(cfg),
-    }
+    return emit(
+        OnlineSoftmax(cfg),
+        TOP_NAME,
+        cfg,
+        out_dir,
+        {"stream_layout": stream_layout(cfg)},
+        latency=_latency(cfg),
+    )

@@ -19,19 +19,18 @@ their padded rows are never emitted and their padded columns are marked invalid 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from amaranth import Module, Mux, Signal, signed
-from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.models.gemm import GemmConfig
 from tessera.rtl.arith import Requantizer
 from tessera.rtl.axi import AxiLiteBridge, AxiLiteSignature, AxiStreamSignature
+from tessera.rtl.emit import emit
 from tessera.rtl.stream import SliceAdapter
 
 __all__ = ["REGISTERS", "TemporalGemm", "generate_gemm", "register_map"]
@@ -353,18 +352,4 @@ def generate_gemm(cfg: GemmConfig, out_dir: str | Path | None = None) -> dict[st
     dict
         ``{"verilog": str, "register_map": dict, "top": str, "files": list[str]}``.
     """
-    text = verilog.convert(TemporalGemm(cfg), name=TOP_NAME, emit_src=False)
-    regmap = register_map(cfg)
-    files: list[str] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {
-            f"{TOP_NAME}.v": text,
-            "register_map.json": json.dumps(regmap, indent=2) + "\n",
-            "config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        }
-        for name, content in outputs.items():
-            (out / name).write_text(content)
-            files.append(str(out / name))
-    return {"verilog": text, "register_map": regmap, "top": TOP_NAME, "files": files}
+    return emit(TemporalGemm(cfg), TOP_NAME, cfg, out_dir, {"register_map": register_map(cfg)})
