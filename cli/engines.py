@@ -304,3 +304,55 @@ ENGINES["layernorm"] = EngineSpec(
     make_cases=_layernorm_cases,
     simulate=_layernorm_simulate,
 )
+
+
+# --- attention --------------------------------------------------------------------------------
+
+
+def _attention_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=integer, default=129, help="sequence length S (run time)")
+    p.add_argument("--mask", choices=["none", "causal", "lambda"], default="none")
+    p.add_argument("--sink", type=integer, default=0, help="Λ mask: initial tokens always seen")
+    p.add_argument("--window", type=integer, default=0, help="Λ mask: recent tokens seen")
+    p.add_argument("--data", choices=["random", "extreme", "equal"], default="random")
+    _stall_args(p)
+
+
+def _attention_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.models.attention import AttentionMask
+    from tessera.sim.attention import AttentionCase
+
+    cfg.check_seq_len(args.seq_len)
+    mask = AttentionMask(args.mask, sink=args.sink, window=args.window)
+    return [
+        AttentionCase(
+            args.seq_len,
+            seed=args.seed,
+            mask=mask,
+            data=args.data,
+            idle=args.idle,
+            backpressure=args.backpressure,
+        )
+    ]
+
+
+def _attention_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.models.attention import attention_traffic
+    from tessera.sim.attention import simulate_attention
+
+    results = simulate_attention(cfg, cases, sim=args.sim, waves=args.waves)
+    traffic = attention_traffic(args.seq_len, cfg)
+    return results, {"model_cycles": traffic["cycles"], "traffic": traffic}
+
+
+ENGINES["attention"] = EngineSpec(
+    name="attention",
+    summary="AttentionEngine: P query rows on chip, K and V streamed once per group of P",
+    config="tessera.models.attention:AttentionConfig",
+    generate="tessera.rtl.attention:generate_attention",
+    add_case_args=_attention_case_args,
+    make_cases=_attention_cases,
+    simulate=_attention_simulate,
+)
