@@ -12,14 +12,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from tessera.models.gelu import GeluConfig, gelu
 from tessera.rtl.gelu import TOP_NAME, generate_gelu
-from tessera.sim.harness import SimResult, check_simulator, default_build_root, run_testbench
+from tessera.sim.harness import SimResult, run_cases
 
 __all__ = [
     "GeluCase",
@@ -210,49 +210,32 @@ def simulate_gelu(
     SimulationError
         The build or the simulator failed before producing results.
     """
-    check_simulator(sim)
-    if not cases:
-        raise ValueError("no cases to simulate")
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    job_cases = []
-    for i, case in enumerate(cases):
+
+    def write_case(case: GeluCase, path: Path) -> dict[str, Any]:
         x = case.inputs(cfg)
         padded = np.concatenate([x, np.zeros(-len(x) % cfg.lanes, dtype=np.int64)])
-        data_path = data_dir / f"case{i}.npz"
-        np.savez(data_path, inputs=padded, expected=gelu(padded, cfg))
-        job_cases.append(
-            {
-                "name": case.label,
-                "count": case.count,
-                "frames": frame_sizes(case.count, cfg, case.frame_beats),
-                "seed": case.seed,
-                "idle": case.idle,
-                "backpressure": case.backpressure,
-                "data": str(data_path),
-            }
-        )
-    raw_results, elapsed, waves_path = run_testbench(
-        verilog=generate_gelu(cfg)["verilog"],
+        np.savez(path, inputs=padded, expected=gelu(padded, cfg))
+        return {
+            "name": case.label,
+            "count": case.count,
+            "frames": frame_sizes(case.count, cfg, case.frame_beats),
+            "seed": case.seed,
+            "idle": case.idle,
+            "backpressure": case.backpressure,
+        }
+
+    results, seconds, waves_path = run_cases(
+        cfg,
+        cases,
+        write_case,
+        verilog=lambda: generate_gelu(cfg)["verilog"],
         top=TOP_NAME,
         testbench=TESTBENCH_MODULE,
-        job={"config": cfg.to_dict(), "cases": job_cases},
         sim=sim,
-        build_dir=root,
+        build_dir=build_dir,
         waves=waves,
-        expected_results=len(cases),
     )
     return [
-        SimResult(
-            case=case.label,
-            passed=res["passed"],
-            message=res["message"],
-            cycles=res["cycles"],
-            mismatch=res["mismatch"],
-            simulator=sim,
-            sim_seconds=elapsed,
-            waves=waves_path,
-        )
-        for case, res in zip(cases, raw_results, strict=False)
+        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
+        for case, res in zip(cases, results, strict=False)
     ]

@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ __all__ = [
     "load_job",
     "pauses",
     "reset_dut",
+    "run_cases",
     "run_testbench",
     "set_stalls",
     "write_results",
@@ -87,6 +88,23 @@ class SimResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_testbench(
+        cls, label: str, result: dict[str, Any], sim: str, seconds: float, waves: str | None
+    ) -> SimResult:
+        """From one result dict written by a testbench (``passed``, ``message``, ``cycles``,
+        ``mismatch``)."""
+        return cls(
+            case=label,
+            passed=result["passed"],
+            message=result["message"],
+            cycles=result["cycles"],
+            mismatch=result["mismatch"],
+            simulator=sim,
+            sim_seconds=seconds,
+            waves=waves,
+        )
 
 
 def default_build_root() -> Path:
@@ -255,6 +273,63 @@ def run_testbench(
         found = list(root.rglob(name))
         waves_path = str(found[0]) if found else None
     return results, elapsed, waves_path
+
+
+def run_cases(
+    cfg: Any,
+    cases: Sequence[Any],
+    write_case: Callable[[Any, Path], dict[str, Any]],
+    *,
+    verilog: Callable[[], str],
+    top: str,
+    testbench: str,
+    sim: str,
+    build_dir: str | os.PathLike | None,
+    waves: bool,
+) -> tuple[list[dict[str, Any]], float, str | None]:
+    """Write every case's golden data, then run them all in one simulator process.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+        The engine's config; names the default build directory and goes into the job.
+    cases : sequence
+        The cases, in order. ``write_case(case, path)`` saves one case's stimulus and golden
+        output to ``path`` (an ``.npz``) and returns its JSON entry of the job (which must hold a
+        ``"name"``); it raises ``ValueError`` for a case the engine cannot run, before anything
+        is built.
+    verilog : callable
+        Returns the design's Verilog (called only once the cases are valid).
+    top, testbench, sim, waves
+        As for :func:`run_testbench`.
+    build_dir : path, optional
+        Defaults to ``<build root>/sim/<cfg.short_name>/<sim>``.
+
+    Returns
+    -------
+    tuple
+        As :func:`run_testbench`.
+    """
+    check_simulator(sim)
+    if not cases:
+        raise ValueError("no cases to simulate")
+    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
+    data_dir = root.resolve() / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    job_cases = [
+        {**write_case(case, data_dir / f"case{i}.npz"), "data": str(data_dir / f"case{i}.npz")}
+        for i, case in enumerate(cases)
+    ]
+    return run_testbench(
+        verilog=verilog(),
+        top=top,
+        testbench=testbench,
+        job={"config": cfg.to_dict(), "cases": job_cases},
+        sim=sim,
+        build_dir=root,
+        waves=waves,
+        expected_results=len(cases),
+    )
 
 
 # --- used inside the simulator process, by the testbench modules -----------------------------

@@ -9,11 +9,12 @@ packet before its rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from tessera.models.layernorm import (
     quantize_params,
 )
 from tessera.rtl.layernorm import TOP_NAME, generate_layernorm
-from tessera.sim.harness import SimResult, check_simulator, default_build_root, run_testbench
+from tessera.sim.harness import SimResult, run_cases
 
 __all__ = ["LayerNormCase", "LayerNormSimResult", "simulate_layernorm"]
 
@@ -174,50 +175,36 @@ def simulate_layernorm(
     SimulationError
         The build or the simulator failed before producing results.
     """
-    check_simulator(sim)
-    if not cases:
-        raise ValueError("no cases to simulate")
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    job_cases = []
-    for i, case in enumerate(cases):
+
+    def write_case(case: LayerNormCase, path: Path) -> dict[str, Any]:
         x, gamma, beta = case.inputs(cfg)
-        data_path = data_dir / f"case{i}.npz"
-        expected = layernorm(x, gamma, beta, cfg)
-        np.savez(data_path, x=x, gamma=gamma, beta=beta, expected=expected)
-        job_cases.append(
-            {
-                "name": case.label,
-                "rows": case.rows,
-                "seed": case.seed,
-                "idle": case.idle,
-                "backpressure": case.backpressure,
-                "data": str(data_path),
-            }
-        )
-    raw_results, elapsed, waves_path = run_testbench(
-        verilog=generate_layernorm(cfg)["verilog"],
+        np.savez(path, x=x, gamma=gamma, beta=beta, expected=layernorm(x, gamma, beta, cfg))
+        return {
+            "name": case.label,
+            "rows": case.rows,
+            "seed": case.seed,
+            "idle": case.idle,
+            "backpressure": case.backpressure,
+        }
+
+    results, seconds, waves_path = run_cases(
+        cfg,
+        cases,
+        write_case,
+        verilog=lambda: generate_layernorm(cfg)["verilog"],
         top=TOP_NAME,
         testbench=TESTBENCH_MODULE,
-        job={"config": cfg.to_dict(), "cases": job_cases},
         sim=sim,
-        build_dir=root,
+        build_dir=build_dir,
         waves=waves,
-        expected_results=len(cases),
     )
     return [
         LayerNormSimResult(
-            case=case.label,
-            passed=res["passed"],
-            message=res["message"],
-            cycles=res["cycles"],
-            mismatch=res["mismatch"],
-            simulator=sim,
-            sim_seconds=elapsed,
-            waves=waves_path,
+            **dataclasses.asdict(
+                SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
+            ),
             rows=case.rows,
             latency=res["latency"],
         )
-        for case, res in zip(cases, raw_results, strict=False)
+        for case, res in zip(cases, results, strict=False)
     ]

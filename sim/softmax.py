@@ -14,14 +14,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from tessera.models.softmax import SoftmaxConfig, softmax
 from tessera.rtl.softmax import TOP_NAME, generate_softmax, in_container_bits, out_container_bits
-from tessera.sim.harness import SimResult, check_simulator, default_build_root, run_testbench
+from tessera.sim.harness import SimResult, run_cases
 
 __all__ = [
     "SoftmaxCase",
@@ -195,52 +195,36 @@ def simulate_softmax(
     SimulationError
         The build or the simulator failed before producing results.
     """
-    check_simulator(sim)
-    if not cases:
-        raise ValueError("no cases to simulate")
-    rows_of = [case.logits(cfg) for case in cases]  # validates every case before building
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    job_cases = []
-    for i, (case, rows) in enumerate(zip(cases, rows_of, strict=True)):
-        expected = np.concatenate([softmax(row, cfg) for row in rows])
-        data_path = data_dir / f"case{i}.npz"
+    for case in cases:
+        case.logits(cfg)  # a row longer than max_len fails here, before anything is built
+
+    def write_case(case: SoftmaxCase, path: Path) -> dict[str, Any]:
+        rows = case.logits(cfg)
         np.savez(
-            data_path,
+            path,
             logits=np.concatenate(rows),
             lengths=np.array(case.lengths, dtype=np.int64),
-            expected=expected,
+            expected=np.concatenate([softmax(row, cfg) for row in rows]),
         )
-        job_cases.append(
-            {
-                "name": case.label,
-                "seed": case.seed,
-                "idle": case.idle,
-                "backpressure": case.backpressure,
-                "data": str(data_path),
-            }
-        )
-    raw_results, elapsed, waves_path = run_testbench(
-        verilog=generate_softmax(cfg)["verilog"],
+        return {
+            "name": case.label,
+            "seed": case.seed,
+            "idle": case.idle,
+            "backpressure": case.backpressure,
+        }
+
+    results, seconds, waves_path = run_cases(
+        cfg,
+        cases,
+        write_case,
+        verilog=lambda: generate_softmax(cfg)["verilog"],
         top=TOP_NAME,
         testbench=TESTBENCH_MODULE,
-        job={"config": cfg.to_dict(), "cases": job_cases},
         sim=sim,
-        build_dir=root,
+        build_dir=build_dir,
         waves=waves,
-        expected_results=len(cases),
     )
     return [
-        SimResult(
-            case=case.label,
-            passed=res["passed"],
-            message=res["message"],
-            cycles=res["cycles"],
-            mismatch=res["mismatch"],
-            simulator=sim,
-            sim_seconds=elapsed,
-            waves=waves_path,
-        )
-        for case, res in zip(cases, raw_results, strict=False)
+        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
+        for case, res in zip(cases, results, strict=False)
     ]
