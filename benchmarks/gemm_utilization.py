@@ -16,7 +16,7 @@ import time
 
 from tessera.estimators.cycles import gemm_cycles
 from tessera.models.gemm import GemmConfig, Requant
-from tessera.sim.runner import GemmCase, simulate_gemm
+from tessera.sim.gemm import GemmCase, simulate_gemm
 
 DEFAULT_SHAPES = "64x64x64,128x128x128,256x256x256,129x77x200"
 

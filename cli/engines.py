@@ -131,7 +131,7 @@ def _gemm_case_args(p: argparse.ArgumentParser) -> None:
 
 def _gemm_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
     from tessera.models.gemm import Requant
-    from tessera.sim.runner import GemmCase
+    from tessera.sim.gemm import GemmCase
 
     cfg.check_shape(args.m, args.n, args.k)
     requant = None if args.raw else Requant(args.multiplier, args.shift, args.zero_point)
@@ -152,7 +152,7 @@ def _gemm_simulate(
     cfg: Any, cases: list[Any], args: argparse.Namespace
 ) -> tuple[list[Any], dict[str, Any]]:
     from tessera.estimators.cycles import gemm_cycles
-    from tessera.sim.runner import simulate_gemm
+    from tessera.sim.gemm import simulate_gemm
 
     results = simulate_gemm(cfg, cases, sim=args.sim, waves=args.waves)
     model = gemm_cycles(args.m, args.n, args.k, cfg)

@@ -162,7 +162,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tessera.estimators.cycles import gemm_cycles
     from tessera.models.gemm import Requant, gemm
-    from tessera.sim.runner import GemmCase, simulate_gemm
+    from tessera.sim.gemm import GemmCase, simulate_gemm
 
     cfg = _config("gemm", args)
     out = Path(args.output)
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0.0 <= value < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {value}")
     from tessera.estimators.synthesis import SynthesisError
-    from tessera.sim.runner import SimulationError
+    from tessera.sim.harness import SimulationError
     from tessera.sim.tools import ToolError
 
     try:

@@ -14,7 +14,7 @@ from tessera.estimators.cycles import gemm_cycles
 from tessera.models.gemm import GemmConfig, Requant, gemm
 from tessera.models.rounding import quantize_multiplier
 from tessera.rtl.temporal_gemm import generate_gemm
-from tessera.sim.runner import GemmCase, simulate_gemm
+from tessera.sim.gemm import GemmCase, simulate_gemm
 
 
 def main() -> None:

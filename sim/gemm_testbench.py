@@ -1,4 +1,4 @@
-"""cocotb testbench of ``TemporalGemm`` (run through :func:`tessera.sim.runner.simulate_gemm`).
+"""cocotb testbench of ``TemporalGemm`` (run through :func:`tessera.sim.gemm.simulate_gemm`).
 
 Reads a job (JSON: engine config + cases, each with an ``.npz`` of operand beats and the golden
 output beats) from ``$TESSERA_JOB``. For every case it programs the registers with cocotbext-axi's

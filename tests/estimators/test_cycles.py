@@ -7,7 +7,7 @@ import pytest
 
 from tessera.estimators.cycles import gemm_cycles
 from tessera.models.gemm import GemmConfig, Requant
-from tessera.sim.runner import GemmCase, simulate_gemm
+from tessera.sim.gemm import GemmCase, simulate_gemm
 
 
 @pytest.mark.parametrize(

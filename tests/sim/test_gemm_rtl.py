@@ -7,7 +7,7 @@ import pytest
 
 from tessera.models.gemm import GemmConfig, Requant
 from tessera.models.rounding import Overflow, Rounding
-from tessera.sim.runner import GemmCase, simulate_gemm
+from tessera.sim.gemm import GemmCase, simulate_gemm
 
 RQ = Requant(multiplier=1_518_500_250, shift=40, zero_point=-5)  # scale ~ 1.38e-3
 

@@ -1,4 +1,4 @@
-"""Build and run the cocotb testbenches on Icarus Verilog or Verilator.
+"""Run GEMM cases on the ``TemporalGemm`` RTL with cocotb (Icarus Verilog or Verilator).
 
 :func:`simulate_gemm` generates the engine's Verilog from its config, builds it once per
 (config, simulator) in a build directory, computes every case's golden output with
@@ -18,22 +18,9 @@ import numpy as np
 
 from tessera.models.gemm import GemmConfig, Requant, gemm, output_beats, stream_operands
 from tessera.rtl.temporal_gemm import TOP_NAME, generate_gemm
-from tessera.sim.harness import (
-    SIMULATORS,
-    SimulationError,
-    check_simulator,
-    default_build_root,
-    run_testbench,
-)
+from tessera.sim.harness import run_cases
 
-__all__ = [
-    "SIMULATORS",
-    "GemmCase",
-    "GemmSimResult",
-    "SimulationError",
-    "default_build_root",
-    "simulate_gemm",
-]
+__all__ = ["GemmCase", "GemmSimResult", "simulate_gemm"]
 
 Simulator = Literal["icarus", "verilator"]
 TESTBENCH_MODULE = "tessera.sim.gemm_testbench"
@@ -145,47 +132,39 @@ def simulate_gemm(
     SimulationError
         The build or the simulator failed before producing results.
     """
-    check_simulator(sim)
-    if not cases:
-        raise ValueError("no cases to simulate")
     for case in cases:
         cfg.check_shape(case.m, case.n, case.k)
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    job_cases = []
-    for i, case in enumerate(cases):
+
+    def write_case(case: GemmCase, path: Path) -> dict[str, Any]:
         a, b = case.operands()
         expected, valid = output_beats(gemm(a, b, cfg, case.requant), cfg)
         a_beats, b_beats = stream_operands(a, b, cfg)
-        data_path = data_dir / f"case{i}.npz"
-        np.savez(data_path, a_beats=a_beats, b_beats=b_beats, expected=expected, valid=valid)
+        np.savez(path, a_beats=a_beats, b_beats=b_beats, expected=expected, valid=valid)
         rq = case.requant or Requant(0, 0, 0)
-        job_cases.append(
-            {
-                "name": case.label,
-                "m": case.m,
-                "n": case.n,
-                "k": case.k,
-                "raw": case.requant is None,
-                "multiplier": rq.multiplier,
-                "shift": rq.shift,
-                "zero_point": rq.zero_point,
-                "seed": case.seed,
-                "idle": case.idle,
-                "backpressure": case.backpressure,
-                "data": str(data_path),
-            }
-        )
-    raw_results, elapsed, waves_path = run_testbench(
-        verilog=generate_gemm(cfg)["verilog"],
+        return {
+            "name": case.label,
+            "m": case.m,
+            "n": case.n,
+            "k": case.k,
+            "raw": case.requant is None,
+            "multiplier": rq.multiplier,
+            "shift": rq.shift,
+            "zero_point": rq.zero_point,
+            "seed": case.seed,
+            "idle": case.idle,
+            "backpressure": case.backpressure,
+        }
+
+    raw_results, elapsed, waves_path = run_cases(
+        cfg,
+        cases,
+        write_case,
+        verilog=lambda: generate_gemm(cfg)["verilog"],
         top=TOP_NAME,
         testbench=TESTBENCH_MODULE,
-        job={"config": cfg.to_dict(), "cases": job_cases},
         sim=sim,
-        build_dir=root,
+        build_dir=build_dir,
         waves=waves,
-        expected_results=len(cases),
     )
     out = []
     for case, res in zip(cases, raw_results, strict=False):
