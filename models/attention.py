@@ -23,9 +23,6 @@ Numerics (all integers, every rounding modelled exactly):
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from tessera.models.config import EngineConfig, check_int
 from tessera.models.gemm import Requant
 from tessera.models.rounding import (
     Overflow,
@@ -70,15 +68,8 @@ EXP_LATENCY = 4
 """Pipeline latency of the engine's ``exp`` units (cycles), used by the cycle model."""
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 @dataclass(frozen=True)
-class AttentionConfig:
+class AttentionConfig(EngineConfig):
     """Generator parameters of an ``AttentionEngine``.
 
     Parameters
@@ -123,28 +114,28 @@ class AttentionConfig:
     overflow: Overflow = Overflow.SAT
 
     def __post_init__(self) -> None:
-        _check_int("head_dim", self.head_dim, 1, 1024)
-        _check_int("heads", self.heads, 1, 255)
-        _check_int("max_seq", self.max_seq, 1, 8192)
-        _check_int("parallelism", self.parallelism, 1, 64)
+        check_int("head_dim", self.head_dim, 1, 1024)
+        check_int("heads", self.heads, 1, 255)
+        check_int("max_seq", self.max_seq, 1, 8192)
+        check_int("parallelism", self.parallelism, 1, 64)
         if self.parallelism > self.max_seq:
             raise ValueError(
                 f"parallelism={self.parallelism} must not exceed max_seq={self.max_seq}: "
                 "a group holds at most max_seq query rows"
             )
-        _check_int("lanes", self.lanes, 1, 64)
+        check_int("lanes", self.lanes, 1, 64)
         if self.head_dim % self.lanes:
             raise ValueError(
                 f"head_dim={self.head_dim} must be a multiple of lanes={self.lanes} "
                 "(a row is a whole number of beats)"
             )
-        _check_int("score_bits", self.score_bits, 4, 24)
-        _check_int("score_frac", self.score_frac, 0, self.score_bits - 1)
-        _check_int("exp_frac", self.exp_frac, 8, 20)
-        _check_int("lut_bits", self.lut_bits, 1, 8)
-        _check_int("interp_bits", self.interp_bits, 0, 10)
-        _check_int("weight_bits", self.weight_bits, 2, 24)
-        _check_int("weight_frac", self.weight_frac, 1, self.weight_bits - 1)
+        check_int("score_bits", self.score_bits, 4, 24)
+        check_int("score_frac", self.score_frac, 0, self.score_bits - 1)
+        check_int("exp_frac", self.exp_frac, 8, 20)
+        check_int("lut_bits", self.lut_bits, 1, 8)
+        check_int("interp_bits", self.interp_bits, 0, 10)
+        check_int("weight_bits", self.weight_bits, 2, 24)
+        check_int("weight_frac", self.weight_frac, 1, self.weight_bits - 1)
         if self.lut_bits + self.interp_bits > self.score_frac + 16:
             raise ValueError(
                 f"lut_bits + interp_bits ({self.lut_bits + self.interp_bits}) must not exceed "
@@ -221,28 +212,6 @@ class AttentionConfig:
             )
 
     # --- identity ---------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (enums as their values)."""
-        d = dataclasses.asdict(self)
-        d["rounding"] = self.rounding.value
-        d["overflow"] = self.overflow.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AttentionConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown AttentionConfig fields: {sorted(unknown)}")
-        return cls(**d)
-
-    @property
-    def digest(self) -> str:
-        """Stable 10-hex-digit hash of the configuration (build and cache keys)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
-
     @property
     def short_name(self) -> str:
         """Readable, unique name such as ``attention_d64p4l8_1a2b3c4d5e``."""
@@ -283,8 +252,8 @@ class AttentionMask:
     def __post_init__(self) -> None:
         if self.kind not in MASK_KINDS:
             raise ValueError(f"mask kind must be one of {', '.join(MASK_KINDS)}, got {self.kind!r}")
-        _check_int("sink", self.sink, 0, (1 << 32) - 1)
-        _check_int("window", self.window, 0, (1 << 32) - 1)
+        check_int("sink", self.sink, 0, (1 << 32) - 1)
+        check_int("window", self.window, 0, (1 << 32) - 1)
         if self.kind == "lambda" and self.window < 1:
             raise ValueError(
                 "a lambda mask needs window >= 1 (every query must see at least itself)"

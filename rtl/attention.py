@@ -27,13 +27,11 @@ All numerics follow :func:`tessera.models.attention.attention` bit for bit.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.back import verilog
 from amaranth.hdl import Value
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
@@ -43,6 +41,7 @@ from tessera.models.attention import AttentionConfig
 from tessera.models.rounding import Overflow
 from tessera.rtl.arith import Requantizer, saturate
 from tessera.rtl.axi import AxiLiteBridge, AxiLiteSignature, AxiStreamSignature
+from tessera.rtl.emit import emit
 from tessera.rtl.exp import ExpNeg, Reciprocal
 
 __all__ = ["REGISTERS", "AttentionEngine", "generate_attention", "register_map"]
@@ -661,18 +660,4 @@ def generate_attention(cfg: AttentionConfig, out_dir: str | Path | None = None) 
     dict
         ``{"verilog": str, "register_map": dict, "top": str, "files": list[str]}``.
     """
-    text = verilog.convert(AttentionEngine(cfg), name=TOP_NAME, emit_src=False)
-    regmap = register_map(cfg)
-    files: list[str] = []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {
-            f"{TOP_NAME}.v": text,
-            "register_map.json": json.dumps(regmap, indent=2) + "\n",
-            "config.json": json.dumps(cfg.to_dict(), indent=2) + "\n",
-        }
-        for name, content in outputs.items():
-            (out / name).write_text(content)
-            files.append(str(out / name))
-    return {"verilog": text, "register_map": regmap, "top": TOP_NAME, "files": files}
+    return emit(AttentionEngine(cfg), TOP_NAME, cfg, out_dir, {"register_map": register_map(cfg)})

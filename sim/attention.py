@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,13 +28,7 @@ from tessera.models.attention import (
 )
 from tessera.models.gemm import Requant
 from tessera.rtl.attention import TOP_NAME, generate_attention
-from tessera.sim.harness import (
-    SimResult,
-    SimulationError,
-    check_simulator,
-    default_build_root,
-    run_testbench,
-)
+from tessera.sim.harness import SimResult, SimulationError, run_cases
 
 __all__ = ["AttentionCase", "SimulationError", "simulate_attention"]
 
@@ -160,58 +154,40 @@ def simulate_attention(
     SimulationError
         The build or the simulator failed before producing results.
     """
-    check_simulator(sim)
-    if not cases:
-        raise ValueError("no cases to simulate")
     for case in cases:
         cfg.check_seq_len(case.seq_len)
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    job_cases = []
-    for i, case in enumerate(cases):
+
+    def write_case(case: AttentionCase, path: Path) -> dict[str, Any]:
         q, k, v = case.operands(cfg)
         requant = case.score_requant(cfg)
         out = attention(q, k, v, cfg, requant, case.mask)
-        streams = attention_streams(q, k, v, cfg, out)
-        data_path = data_dir / f"case{i}.npz"
-        np.savez(data_path, **streams)
-        job_cases.append(
-            {
-                "name": case.label,
-                "seq_len": case.seq_len,
-                "multiplier": requant.multiplier,
-                "shift": requant.shift,
-                "mask": case.mask.code,
-                "sink": case.mask.sink,
-                "window": case.mask.window,
-                "seed": case.seed,
-                "idle": case.idle,
-                "backpressure": case.backpressure,
-                "model_cycles": attention_traffic(case.seq_len, cfg)["cycles"],
-                "data": str(data_path),
-            }
-        )
-    raw_results, elapsed, waves_path = run_testbench(
-        verilog=generate_attention(cfg)["verilog"],
+        np.savez(path, **attention_streams(q, k, v, cfg, out))
+        return {
+            "name": case.label,
+            "seq_len": case.seq_len,
+            "multiplier": requant.multiplier,
+            "shift": requant.shift,
+            "mask": case.mask.code,
+            "sink": case.mask.sink,
+            "window": case.mask.window,
+            "seed": case.seed,
+            "idle": case.idle,
+            "backpressure": case.backpressure,
+            "model_cycles": attention_traffic(case.seq_len, cfg)["cycles"],
+        }
+
+    results, seconds, waves_path = run_cases(
+        cfg,
+        cases,
+        write_case,
+        verilog=lambda: generate_attention(cfg)["verilog"],
         top=TOP_NAME,
         testbench=TESTBENCH_MODULE,
-        job={"config": cfg.to_dict(), "cases": job_cases},
         sim=sim,
-        build_dir=root,
+        build_dir=build_dir,
         waves=waves,
-        expected_results=len(cases),
     )
     return [
-        SimResult(
-            case=case.label,
-            passed=res["passed"],
-            message=res["message"],
-            cycles=res["cycles"],
-            mismatch=res["mismatch"],
-            simulator=sim,
-            sim_seconds=elapsed,
-            waves=waves_path,
-        )
-        for case, res in zip(cases, raw_results, strict=False)
+        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
+        for case, res in zip(cases, results, strict=False)
     ]
