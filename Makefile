@@ -45,6 +45,9 @@ lint: setup
 
 benchmark: setup
 	$(PY) benchmarks/gemm_utilization.py --json build/gemm_utilization.json
+	$(PY) benchmarks/numerics_accuracy.py --json build/numerics_accuracy.json
+	$(PY) benchmarks/attention_bandwidth.py --json build/attention_bandwidth.json
+	$(PY) benchmarks/unit_resources.py --json build/unit_resources.json
 
 clean:
 	rm -rf build $(VENV)
