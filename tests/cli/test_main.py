@@ -52,6 +52,14 @@ def test_generate_writes_verilog_register_map_and_config(tmp_path, capsys):
         (["synth", "gemm", "--family", "stratix"], "invalid choice: 'stratix'"),
         (["generate", "gemm", "--rows", "0", "-o", "OUT"], "rows must be in [1, 64]"),
         (["simulate", "gemm", "--m", "2", "--n", "2", "--k", "2", "--idle", "1.5"], "--idle"),
+        (["generate", "attention", "--parallelism", "9", "--max-seq", "8", "-o", "OUT"], "max_seq"),
+        (["generate", "attention", "--head-dim", "0", "-o", "OUT"], "head_dim must be in"),
+        (["simulate", "attention", "--seq-len", "300"], "max_seq=256"),
+        (["simulate", "attention", "--mask", "lambda"], "window >= 1"),
+        (["simulate", "softmax", "--length", "0"], "--length must be in [1, 256]"),
+        (["generate", "gelu", "--in-frac", "20", "-o", "OUT"], "in_frac must be in"),
+        (["generate", "layernorm", "--dim", "0", "-o", "OUT"], "dim must be in [1, 4096]"),
+        (["generate", "fft", "-o", "OUT"], "invalid choice: 'fft'"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
@@ -94,3 +102,32 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.stdout.count(" PASS ") == 4 and " FAIL " not in proc.stdout
     assert (out / "temporal_gemm.v").exists() and (out / "register_map.json").exists()
     assert "4/4 synthesize" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("engine", "top", "document"),
+    [
+        ("softmax", "online_softmax", "stream_layout.json"),
+        ("gelu", "gelu_rom", "stream_layout.json"),
+        ("layernorm", "layernorm", "register_map.json"),
+        ("attention", "attention_engine", "register_map.json"),
+    ],
+)
+def test_generate_every_unit(engine, top, document, tmp_path, capsys):
+    out = tmp_path / engine
+    assert main(["generate", engine, "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", document, f"{top}.v"])
+    assert json.loads((out / "config.json").read_text()) == report["config"]
+    assert f"module {top}" in (out / f"{top}.v").read_text()
+
+
+def test_simulate_softmax_json(tmp_path):
+    args = "simulate softmax --max-len 64 --rows 3 --length 37 --data spike --sim icarus --json"
+    proc = _run(*args.split(), "--idle", "0.3", "--backpressure", "0.3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["engine"] == "softmax" and report["passed"] is True
+    assert report["config"]["max_len"] == 64
+    (result,) = report["results"]
+    assert result["simulator"] == "icarus" and result["cycles"] >= 3 * 37
