@@ -53,6 +53,9 @@ class EngineSpec:
     simulate : callable
         ``(cfg, cases, args) -> (results, extra)``: runs the cases and returns the simulator
         results and extra report fields.
+    csim : callable, optional
+        ``(cfg, case) -> (got, expected)``: the HLS kernel's C-simulation output of one case and
+        the golden model's, as arrays; ``None`` when the engine has no HLS kernel yet.
     """
 
     name: str
@@ -62,6 +65,7 @@ class EngineSpec:
     add_case_args: Callable[[argparse.ArgumentParser], None]
     make_cases: Callable[[Any, argparse.Namespace], list[Any]]
     simulate: Callable[[Any, list[Any], argparse.Namespace], tuple[list[Any], dict[str, Any]]]
+    csim: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -159,6 +163,14 @@ def _gemm_simulate(
     return results, {"m": args.m, "n": args.n, "k": args.k, "model_cycles": model.cycles}
 
 
+def _gemm_csim(cfg: Any, case: Any) -> tuple[Any, Any]:
+    from tessera.hls.csim import csim_gemm
+    from tessera.models.gemm import gemm
+
+    a, b = case.operands()
+    return csim_gemm(cfg, a, b, case.requant), gemm(a, b, cfg, case.requant)
+
+
 ENGINES: dict[str, EngineSpec] = {
     "gemm": EngineSpec(
         name="gemm",
@@ -168,6 +180,7 @@ ENGINES: dict[str, EngineSpec] = {
         add_case_args=_gemm_case_args,
         make_cases=_gemm_cases,
         simulate=_gemm_simulate,
+        csim=_gemm_csim,
     ),
 }
 

@@ -67,7 +67,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"output directory {out} is not empty; pass --force to overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        ENGINES[args.engine].generator()(cfg, tmp)
+        if args.hls:
+            from tessera.hls.generate import generate_hls
+
+            try:
+                generate_hls(cfg, tmp, part=args.part, clock_mhz=args.clock_mhz)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        else:
+            ENGINES[args.engine].generator()(cfg, tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -117,6 +125,59 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 )
             if r.waves:
                 print(f"waveform: {r.waves}")
+    return 0 if passed else 1
+
+
+# ---- csim -------------------------------------------------------------------------------------
+
+
+def cmd_csim(args: argparse.Namespace) -> int:
+    from tessera.cli.engines import ENGINES
+
+    spec = ENGINES[args.engine]
+    if spec.csim is None:
+        raise UsageError(
+            f"{args.engine} has no HLS kernel yet; engines with one: "
+            + ", ".join(n for n, e in ENGINES.items() if e.csim is not None)
+        )
+    cfg = _config(args.engine, args)
+    try:
+        (case,) = spec.make_cases(cfg, args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _progress(f"C-simulating {args.engine} {cfg.short_name} (g++, cached by content)")
+    t0 = time.perf_counter()
+    got, expected = spec.csim(cfg, case)
+    seconds = time.perf_counter() - t0
+    got, expected = np.asarray(got, dtype=np.int64), np.asarray(expected, dtype=np.int64)
+    differ = np.flatnonzero(got.ravel() != expected.ravel()) if got.shape == expected.shape else []
+    passed = got.shape == expected.shape and len(differ) == 0
+    report: dict[str, Any] = {
+        "engine": args.engine,
+        "config": cfg.to_dict(),
+        "case": case.label,
+        "passed": passed,
+        "elements": int(expected.size),
+        "mismatches": len(differ) if got.shape == expected.shape else None,
+        "max_abs_error": int(np.abs(got - expected).max()) if got.shape == expected.shape else None,
+        "seconds": round(seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(report))
+    elif got.shape != expected.shape:
+        print(f"FAIL {case.label}: output shape {got.shape}, golden {expected.shape}")
+    else:
+        first = ""
+        if len(differ):
+            index = np.unravel_index(differ[0], expected.shape)
+            first = (
+                f", first at {tuple(int(i) for i in index)}: expected {expected[index]}, "
+                f"got {got[index]}"
+            )
+        print(
+            f"{'PASS' if passed else 'FAIL'} {case.label}: {expected.size} elements, "
+            f"{report['mismatches']} differ from the golden model{first} ({seconds:.2f} s)"
+        )
     return 0 if passed else 1
 
 
@@ -263,8 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     for _, ep in _engine_parsers(p):
         ep.add_argument("-o", "--output", required=True, help="output directory")
         ep.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+        ep.add_argument(
+            "--hls", action="store_true", help="write the Vitis HLS project instead of Verilog"
+        )
+        ep.add_argument("--part", default="xczu9eg-ffvb1156-2-e", help="--hls: FPGA part")
+        ep.add_argument("--clock-mhz", type=float, default=300.0, help="--hls: clock target")
         ep.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "csim", help="C-simulate an engine's HLS kernel (g++) and check it against the golden model"
+    )
+    for engine, ep in _engine_parsers(p):
+        ENGINES[engine].add_case_args(ep)
+        ep.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_csim)
 
     p = sub.add_parser(
         "simulate", help="run an engine's RTL with cocotb and check it against the golden model"
@@ -298,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0.0 <= value < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {value}")
     from tessera.estimators.synthesis import SynthesisError
+    from tessera.hls.csim import CsimError
     from tessera.sim.harness import SimulationError
     from tessera.sim.tools import ToolError
 
@@ -305,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         parser.exit(2, f"tessera: error: {exc}\n")
-    except (ToolError, SimulationError, SynthesisError) as exc:
+    except (ToolError, SimulationError, SynthesisError, CsimError) as exc:
         # The environment, not the input, failed: say what and how to fix it (see `doctor`).
         parser.exit(1, f"tessera: error: {exc}\n")
     except KeyboardInterrupt:

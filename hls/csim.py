@@ -39,7 +39,6 @@ from tessera.hls.engine import KernelInterface, OutputBeats
 from tessera.hls.gemm import gemm_from_beats, gemm_stream_inputs
 from tessera.hls.generate import HlsDesign, hls_design, render_csim_bundle
 from tessera.models.gemm import GemmConfig, Requant, gemm_tiles
-from tessera.sim.tools import FIXES, ToolError
 
 __all__ = [
     "CXXFLAGS",
@@ -67,22 +66,40 @@ CXXFLAGS: tuple[str, ...] = (
     "-Wno-unused-label",
 )
 AP_TYPES_FIX = "pip install hls4ml==1.3.0"
+GXX_FIX = "apt-get install -y g++"
 COMPILE_TIMEOUT_S = 900
 MESSAGE_BYTES = 512
 
 
 class CsimError(RuntimeError):
-    """A C-simulation build or run failed.
+    """A C-simulation build or run failed, or a tool it needs is missing.
 
     Attributes
     ----------
     log : pathlib.Path or None
         The compiler log of a failed build.
+    tool : str or None
+        The missing tool (``"g++"``, ``"ap_types"``), if that is the cause.
+    fix : str or None
+        How to install the missing tool.
     """
 
-    def __init__(self, message: str, log: Path | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        log: Path | None = None,
+        *,
+        tool: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(f"{message}; fix: {fix}" if fix else message)
         self.log = log
+        self.tool = tool
+        self.fix = fix
+
+
+def _missing(tool: str, fix: str, detail: str) -> CsimError:
+    return CsimError(f"{tool} not found ({detail})", tool=tool, fix=fix)
 
 
 def default_cache_dir() -> Path:
@@ -100,7 +117,7 @@ def ap_types_dir() -> Path:
 
     Raises
     ------
-    ToolError
+    CsimError
         If the directory or ``ap_int.h`` in it is missing.
     """
     override = os.environ.get("TESSERA_AP_TYPES")
@@ -110,20 +127,20 @@ def ap_types_dir() -> Path:
     else:
         spec = importlib.util.find_spec("hls4ml")
         if spec is None or not spec.submodule_search_locations:
-            raise ToolError("ap_types", AP_TYPES_FIX, "hls4ml (which ships them) is not installed")
+            raise _missing("ap_types", AP_TYPES_FIX, "hls4ml, which ships them, is not installed")
         path = Path(next(iter(spec.submodule_search_locations))) / "templates/vivado/ap_types"
         where = str(path)
     if not (path / "ap_int.h").is_file() or not (path / "hls_stream.h").is_file():
-        raise ToolError("ap_types", AP_TYPES_FIX, f"no ap_int.h / hls_stream.h in {where}")
+        raise _missing("ap_types", AP_TYPES_FIX, f"no ap_int.h / hls_stream.h in {where}")
     return path
 
 
 def _compiler() -> tuple[str, str]:
-    """(path, version) of g++; ToolError when it is missing."""
+    """(path, version) of g++; CsimError when it is missing."""
     exe = shutil.which("g++")
     version = _gxx_version(exe) if exe else None
     if exe is None or version is None:
-        raise ToolError("g++", FIXES["g++"], "needed for HLS C-simulation")
+        raise _missing("g++", GXX_FIX, "needed for HLS C-simulation")
     return exe, version
 
 
@@ -227,11 +244,9 @@ def compile_cpp(
 
     Raises
     ------
-    ToolError
-        g++ or the ap_types headers are missing.
     CsimError
-        The compiler failed; the message names the log file, kept with the sources under
-        ``<cache>/failed/``.
+        g++ or the ap_types headers are missing, or the compiler failed; the message names the
+        log file, kept with the sources under ``<cache>/failed/``.
     ValueError
         Bad arguments (a source not in ``files``, a path leaving the build directory...).
     """
@@ -566,9 +581,7 @@ def csim_gemm(
     ValueError
         Operands that do not fit the engine.
     CsimError
-        A build failure, or the kernel broke the stream protocol.
-    ToolError
-        g++ or the ap_types headers are missing.
+        A build failure, a missing g++ or ap_types, or the kernel broke the stream protocol.
     """
     if not isinstance(cfg, GemmConfig):
         raise ValueError(f"cfg must be a GemmConfig, got {type(cfg).__name__}")

@@ -60,6 +60,8 @@ def test_generate_writes_verilog_register_map_and_config(tmp_path, capsys):
         (["generate", "gelu", "--in-frac", "20", "-o", "OUT"], "in_frac must be in"),
         (["generate", "layernorm", "--dim", "0", "-o", "OUT"], "dim must be in [1, 4096]"),
         (["generate", "fft", "-o", "OUT"], "invalid choice: 'fft'"),
+        (["generate", "gemm", "--hls", "--clock-mhz", "0", "-o", "OUT"], "clock"),
+        (["csim", "gemm", "--m", "0", "--n", "1", "--k", "1"], "M must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path):
@@ -131,3 +133,16 @@ def test_simulate_softmax_json(tmp_path):
     assert report["config"]["max_len"] == 64
     (result,) = report["results"]
     assert result["simulator"] == "icarus" and result["cycles"] >= 3 * 37
+
+
+def test_generate_hls_project_and_csim(tmp_path, capsys):
+    out = tmp_path / "hls"
+    assert main(["generate", "gemm", "--hls", "--rows", "2", "--cols", "2", "-o", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"run_hls.tcl", "Makefile", "csim.cpp", "tb.cpp", "config.json"} <= names
+    assert "xczu9eg" in (out / "run_hls.tcl").read_text()
+    capsys.readouterr()
+    args = ["csim", "gemm", "--rows", "2", "--cols", "2", "--m", "5", "--n", "3", "--k", "9"]
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True and report["elements"] == 15 and report["mismatches"] == 0

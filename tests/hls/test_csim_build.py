@@ -15,7 +15,6 @@ import pytest
 from tessera.hls.csim import CsimError, build_csim, compile_cpp, csim_gemm
 from tessera.hls.generate import hls_design, render_csim_bundle
 from tessera.models.gemm import GemmConfig
-from tessera.sim.tools import ToolError
 
 # Small enough to compile in a fraction of a second (no ap_types header).
 TINY = 'extern "C" int answer(int x) { return 6 * x; }\n'
@@ -69,16 +68,16 @@ def test_compile_error_raises_csim_error_with_log(tmp_path):
     assert not list(tmp_path.glob("broken-*"))
 
 
-def test_missing_compiler_is_a_tool_error(tmp_path, monkeypatch):
+def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(CsimError) as info:
         compile_cpp({"tiny.cpp": TINY}, ["tiny.cpp"], name="tiny", cache_dir=tmp_path)
     assert info.value.tool == "g++" and info.value.fix == "apt-get install -y g++"
 
 
-def test_missing_ap_types_is_a_tool_error(tmp_path, monkeypatch):
+def test_missing_ap_types_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TESSERA_AP_TYPES", str(tmp_path / "nowhere"))
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(CsimError) as info:
         compile_cpp({"tiny.cpp": TINY}, ["tiny.cpp"], name="tiny", cache_dir=tmp_path)
     assert info.value.tool == "ap_types" and "hls4ml" in info.value.fix
 
