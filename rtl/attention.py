@@ -27,7 +27,6 @@ All numerics follow :func:`tessera.models.attention.attention` bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,13 @@ from amaranth.lib.wiring import In, Out
 from tessera.models.attention import AttentionConfig
 from tessera.models.rounding import Overflow
 from tessera.rtl.arith import Requantizer, saturate
-from tessera.rtl.axi import AxiLiteBridge, AxiLiteSignature, AxiStreamSignature
+from tessera.rtl.axi import (
+    AxiLiteBridge,
+    AxiLiteSignature,
+    AxiStreamSignature,
+    Register,
+    csr_map,
+)
 from tessera.rtl.emit import emit
 from tessera.rtl.exp import ExpNeg, Reciprocal
 
@@ -52,16 +57,6 @@ TOP_NAME = "attention_engine"
 
 # Online-softmax step of one score, as it travels down the exp pipeline.
 _OP_NONE, _OP_FIRST, _OP_LARGER, _OP_OTHER = 0, 1, 2, 3
-
-
-@dataclass(frozen=True)
-class Register:
-    """One 32-bit CSR: name, byte offset, access and meaning."""
-
-    name: str
-    offset: int
-    access: str
-    description: str
 
 
 REGISTERS = (
@@ -101,20 +96,7 @@ def register_map(cfg: AttentionConfig) -> dict[str, Any]:
         "top": TOP_NAME,
         "version": VERSION,
         "config": cfg.to_dict(),
-        "csr": {
-            "protocol": "AXI4-Lite",
-            "addr_width": CSR_ADDR_WIDTH,
-            "data_width": 32,
-            "registers": [
-                {
-                    "name": r.name,
-                    "offset": r.offset,
-                    "access": r.access,
-                    "description": r.description,
-                }
-                for r in REGISTERS
-            ],
-        },
+        "csr": csr_map(REGISTERS, CSR_ADDR_WIDTH),
         "streams": {
             "q": {
                 "protocol": "AXI4-Stream",

@@ -6,11 +6,22 @@ Members carry the AMBA signal names (``tdata``, ``awaddr``...) so the generated 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
 from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AxiLiteBridge", "AxiLiteSignature", "AxiStreamSignature", "RegisterBusSignature"]
+__all__ = [
+    "AxiLiteBridge",
+    "AxiLiteSignature",
+    "AxiStreamSignature",
+    "Register",
+    "RegisterBusSignature",
+    "csr_map",
+]
 
 
 class AxiStreamSignature(wiring.Signature):
@@ -147,3 +158,23 @@ class AxiLiteBridge(wiring.Component):
         with m.Elif(csr.rready):
             m.d.sync += csr.rvalid.eq(0)
         return m
+
+
+@dataclass(frozen=True)
+class Register:
+    """One 32-bit CSR: name, byte offset, access (``"rw"`` / ``"ro"``) and meaning."""
+
+    name: str
+    offset: int
+    access: str
+    description: str
+
+
+def csr_map(registers: Sequence[Register], addr_width: int) -> dict[str, Any]:
+    """The JSON description of an AXI4-Lite register file, for the host."""
+    return {
+        "protocol": "AXI4-Lite",
+        "addr_width": addr_width,
+        "data_width": 32,
+        "registers": [asdict(r) for r in registers],
+    }

@@ -19,7 +19,6 @@ their padded rows are never emitted and their padded columns are marked invalid 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,13 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.models.gemm import GemmConfig
 from tessera.rtl.arith import Requantizer
-from tessera.rtl.axi import AxiLiteBridge, AxiLiteSignature, AxiStreamSignature
+from tessera.rtl.axi import (
+    AxiLiteBridge,
+    AxiLiteSignature,
+    AxiStreamSignature,
+    Register,
+    csr_map,
+)
 from tessera.rtl.emit import emit
 from tessera.rtl.stream import SliceAdapter
 
@@ -39,16 +44,6 @@ CSR_ADDR_WIDTH = 6
 LANE_BITS = 32
 VERSION = 1
 TOP_NAME = "temporal_gemm"
-
-
-@dataclass(frozen=True)
-class Register:
-    """One 32-bit CSR: name, byte offset, access and meaning."""
-
-    name: str
-    offset: int
-    access: str
-    description: str
 
 
 REGISTERS = (
@@ -78,20 +73,7 @@ def register_map(cfg: GemmConfig) -> dict[str, Any]:
         "top": TOP_NAME,
         "version": VERSION,
         "config": cfg.to_dict(),
-        "csr": {
-            "protocol": "AXI4-Lite",
-            "addr_width": CSR_ADDR_WIDTH,
-            "data_width": 32,
-            "registers": [
-                {
-                    "name": r.name,
-                    "offset": r.offset,
-                    "access": r.access,
-                    "description": r.description,
-                }
-                for r in REGISTERS
-            ],
-        },
+        "csr": csr_map(REGISTERS, CSR_ADDR_WIDTH),
         "streams": {
             "a": {
                 "protocol": "AXI4-Stream",
