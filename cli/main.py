@@ -228,9 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config("gemm", args)
     out = Path(args.output)
     _progress(f"1/4 generate {cfg.short_name} -> {out}")
-    gen_args = argparse.Namespace(
-        **{**vars(args), "engine": "gemm", "output": str(out), "force": True, "json": False}
-    )
+    overrides = {"engine": "gemm", "output": str(out), "force": True, "json": False, "hls": False}
+    gen_args = argparse.Namespace(**{**vars(args), **overrides})
     cmd_generate(gen_args)
 
     rq = Requant(multiplier=1 << 30, shift=38, zero_point=-3)

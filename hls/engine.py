@@ -63,7 +63,13 @@ __all__ = [
 ]
 
 #: Modules that define the built-in engines (each has a module-level ``ENGINE``).
-BUILTIN_ENGINE_MODULES: tuple[str, ...] = ("tessera.hls.gemm",)
+BUILTIN_ENGINE_MODULES: tuple[str, ...] = (
+    "tessera.hls.gemm",
+    "tessera.hls.softmax",
+    "tessera.hls.gelu",
+    "tessera.hls.layernorm",
+    "tessera.hls.attention",
+)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # C++ keywords and alternative tokens that are not Python keywords as well.

@@ -38,11 +38,13 @@ __all__ = [
     "exp2_lut",
     "exp_neg",
     "online_max_sum",
+    "pack_logits",
     "probabilities",
     "reciprocal",
     "rescale",
     "softmax",
     "softmax_float",
+    "unpack_probabilities",
 ]
 
 LOG2E_FRAC = 16
@@ -135,6 +137,16 @@ class SoftmaxConfig(EngineConfig):
     def prob_shift(self) -> int:
         """Right shift from ``exp * recip`` to a probability."""
         return self.exp_frac + self.recip_frac - self.out_frac
+
+    @property
+    def in_container_bits(self) -> int:
+        """Width of one ``x`` stream beat: ``in_bits`` rounded up to whole bytes."""
+        return -(-self.in_bits // 8) * 8
+
+    @property
+    def out_container_bits(self) -> int:
+        """Width of one ``p`` stream beat: ``out_bits`` rounded up to whole bytes."""
+        return -(-self.out_bits // 8) * 8
 
     @property
     def short_name(self) -> str:
@@ -313,3 +325,25 @@ def softmax_float(x: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> np.nda
         x = np.where(mask, x, -np.inf)
     z = np.exp(x - x.max(axis=-1, keepdims=True))
     return z / z.sum(axis=-1, keepdims=True)
+
+
+def pack_logits(values: npt.ArrayLike, cfg: SoftmaxConfig) -> bytes:
+    """Bytes of a row of raw logits as the ``x`` stream carries them: one per beat, sign-extended
+    to :attr:`SoftmaxConfig.in_container_bits` and stored little-endian."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    bits = cfg.in_container_bits
+    words = (v & ((1 << bits) - 1)).astype("<u8")
+    return words.view(np.uint8).reshape(-1, 8)[:, : bits // 8].tobytes()
+
+
+def unpack_probabilities(data: bytes, cfg: SoftmaxConfig) -> np.ndarray:
+    """The probabilities (int64) in bytes received on the ``p`` stream.
+
+    Each container is read whole as an unsigned value, so stray bits above ``out_bits`` show up
+    as a wrong value.
+    """
+    nbytes = cfg.out_container_bits // 8
+    if len(data) % nbytes:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {nbytes}-byte beats")
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, nbytes).astype(np.int64)
+    return (raw << (8 * np.arange(nbytes, dtype=np.int64))).sum(axis=1)

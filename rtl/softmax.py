@@ -35,23 +35,11 @@ __all__ = [
     "TOP_NAME",
     "OnlineSoftmax",
     "generate_softmax",
-    "in_container_bits",
-    "out_container_bits",
     "row_cycles",
     "stream_layout",
 ]
 
 TOP_NAME = "online_softmax"
-
-
-def in_container_bits(cfg: SoftmaxConfig) -> int:
-    """Width of one input beat: ``in_bits`` rounded up to whole bytes."""
-    return -(-cfg.in_bits // 8) * 8
-
-
-def out_container_bits(cfg: SoftmaxConfig) -> int:
-    """Width of one output beat: ``out_bits`` rounded up to whole bytes."""
-    return -(-cfg.out_bits // 8) * 8
 
 
 def _fill(cfg: SoftmaxConfig) -> int:
@@ -91,7 +79,7 @@ def stream_layout(cfg: SoftmaxConfig) -> dict[str, Any]:
             "x": {
                 "protocol": "AXI4-Stream",
                 "direction": "in",
-                "data_width": in_container_bits(cfg),
+                "data_width": cfg.in_container_bits,
                 "layout": f"one logit per beat: signed {cfg.in_bits} bits with {cfg.in_frac} "
                 "fraction bits, sign-extended to the container (bits above in_bits are "
                 f"ignored); tlast on the last element of a row; rows of 1..{cfg.max_len} beats",
@@ -99,7 +87,7 @@ def stream_layout(cfg: SoftmaxConfig) -> dict[str, Any]:
             "p": {
                 "protocol": "AXI4-Stream",
                 "direction": "out",
-                "data_width": out_container_bits(cfg),
+                "data_width": cfg.out_container_bits,
                 "layout": f"one probability per beat: unsigned {cfg.out_bits} bits with "
                 f"{cfg.out_frac} fraction bits, zero-extended to the container; rows in input "
                 "order, tlast on the row's last element",
@@ -155,8 +143,8 @@ class OnlineSoftmax(wiring.Component):
         self.config = config
         super().__init__(
             {
-                "x": In(AxiStreamSignature(in_container_bits(config), last=True)),
-                "p": Out(AxiStreamSignature(out_container_bits(config), last=True)),
+                "x": In(AxiStreamSignature(config.in_container_bits, last=True)),
+                "p": Out(AxiStreamSignature(config.out_container_bits, last=True)),
                 "overflow": Out(1),
             }
         )

@@ -15,36 +15,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from tessera.models.gelu import GeluConfig, gelu
+from tessera.models.gelu import GeluConfig, extreme_codes, gelu
 from tessera.rtl.gelu import TOP_NAME, generate_gelu
 from tessera.sim.harness import SimResult, run_cases
 
 __all__ = [
     "GeluCase",
-    "extreme_codes",
     "frame_sizes",
-    "pack_beats",
     "simulate_gelu",
-    "unpack_beats",
 ]
 
 Simulator = Literal["icarus", "verilator"]
 DataKind = Literal["random", "sweep", "extreme"]
 TESTBENCH_MODULE = "tessera.sim.gelu_testbench"
 _DATA_KINDS = ("random", "sweep", "extreme")
-
-
-def extreme_codes(cfg: GeluConfig) -> np.ndarray:
-    """Boundary input codes: the code range's ends, zero, +-1 LSB, the ROM range ``+-range`` and
-    +-1 LSB around it, and the first ROM segment's ends; in that order, without repeats."""
-    r, seg = cfg.range_code, 1 << cfg.low_bits
-    wanted = [cfg.code_min, cfg.code_min + 1, cfg.code_max, cfg.code_max - 1, 0, 1, -1]
-    wanted += [r - 1, r, r + 1, -r + 1, -r, -r - 1, seg - 1, seg, seg + 1, -seg + 1, -seg]
-    wanted += [-seg - 1, r - seg, -(r - seg)]
-    codes = [int(np.clip(c, cfg.code_min, cfg.code_max)) for c in wanted]
-    return np.array(list(dict.fromkeys(codes)), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -131,36 +116,6 @@ class GeluCase:
         edges = extreme_codes(cfg)
         extra = rng.choice(edges, size=max(0, self.count - len(edges)))
         return np.concatenate([edges[: self.count], extra]).astype(np.int64)
-
-
-def pack_beats(values: npt.ArrayLike, cfg: GeluConfig) -> bytes:
-    """Bytes of a sequence of raw codes as the stream carries them.
-
-    Values are taken ``lanes`` per beat (lane 0 in the least significant bits), each sign-extended
-    to ``container_bits`` and stored little-endian; the tail is zero-padded to a whole beat.
-    """
-    v = np.asarray(values, dtype=np.int64).ravel()
-    v = np.concatenate([v, np.zeros(-len(v) % cfg.lanes, dtype=np.int64)])
-    nbytes = cfg.container_bits // 8
-    words = (v & ((1 << cfg.container_bits) - 1)).astype("<u8")
-    return words.view(np.uint8).reshape(-1, 8)[:, :nbytes].tobytes()
-
-
-def unpack_beats(data: bytes, cfg: GeluConfig) -> np.ndarray:
-    """Inverse of :func:`pack_beats`: every lane of every beat as int64 (padding included).
-
-    Each container is read as a signed ``container_bits`` value, so a lane that is not properly
-    sign-extended shows up as a wrong value.
-    """
-    nbytes = cfg.container_bits // 8
-    if len(data) % (nbytes * cfg.lanes):
-        raise ValueError(
-            f"{len(data)} bytes is not a whole number of {nbytes * cfg.lanes}-byte beats"
-        )
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, nbytes).astype(np.int64)
-    words = (raw << (8 * np.arange(nbytes, dtype=np.int64))).sum(axis=1)
-    sign = 1 << (cfg.container_bits - 1)
-    return (words ^ sign) - sign
 
 
 def frame_sizes(count: int, cfg: GeluConfig, frame_beats: int) -> list[int]:

@@ -18,9 +18,8 @@ import numpy as np
 from cocotb.triggers import RisingEdge, SimTimeoutError, with_timeout
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 
-from tessera.models.gelu import GeluConfig
+from tessera.models.gelu import GeluConfig, pack_beats, unpack_beats
 from tessera.rtl.gelu import LATENCY
-from tessera.sim.gelu import pack_beats, unpack_beats
 from tessera.sim.harness import CLOCK_NS, load_job, reset_dut, set_stalls, write_results
 
 

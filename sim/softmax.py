@@ -17,17 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from tessera.models.softmax import SoftmaxConfig, softmax
-from tessera.rtl.softmax import TOP_NAME, generate_softmax, in_container_bits, out_container_bits
+from tessera.rtl.softmax import TOP_NAME, generate_softmax
 from tessera.sim.harness import SimResult, run_cases
 
 __all__ = [
     "SoftmaxCase",
-    "pack_logits",
     "simulate_softmax",
-    "unpack_probabilities",
 ]
 
 Simulator = Literal["icarus", "verilator"]
@@ -135,28 +132,6 @@ class SoftmaxCase:
                 row = np.sort(rng.choice(np.arange(lo, hi + 1), size=n, replace=replace))
             rows.append(np.asarray(row, dtype=np.int64))
         return rows
-
-
-def pack_logits(values: npt.ArrayLike, cfg: SoftmaxConfig) -> bytes:
-    """Bytes of a row of raw logits as the ``x`` stream carries them: one per beat, sign-extended
-    to :func:`~tessera.rtl.softmax.in_container_bits` and stored little-endian."""
-    v = np.asarray(values, dtype=np.int64).ravel()
-    bits = in_container_bits(cfg)
-    words = (v & ((1 << bits) - 1)).astype("<u8")
-    return words.view(np.uint8).reshape(-1, 8)[:, : bits // 8].tobytes()
-
-
-def unpack_probabilities(data: bytes, cfg: SoftmaxConfig) -> np.ndarray:
-    """The probabilities (int64) in bytes received on the ``p`` stream.
-
-    Each container is read whole as an unsigned value, so stray bits above ``out_bits`` show up
-    as a wrong value.
-    """
-    nbytes = out_container_bits(cfg) // 8
-    if len(data) % nbytes:
-        raise ValueError(f"{len(data)} bytes is not a whole number of {nbytes}-byte beats")
-    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, nbytes).astype(np.int64)
-    return (raw << (8 * np.arange(nbytes, dtype=np.int64))).sum(axis=1)
 
 
 def simulate_softmax(

@@ -19,10 +19,9 @@ import numpy as np
 from cocotb.triggers import RisingEdge, SimTimeoutError, with_timeout
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 
-from tessera.models.softmax import SoftmaxConfig
+from tessera.models.softmax import SoftmaxConfig, pack_logits, unpack_probabilities
 from tessera.rtl.softmax import stream_layout
 from tessera.sim.harness import CLOCK_NS, load_job, reset_dut, set_stalls, write_results
-from tessera.sim.softmax import pack_logits, unpack_probabilities
 
 
 def _first_mismatch(

@@ -16,8 +16,6 @@ from tessera.rtl.softmax import (
     TOP_NAME,
     OnlineSoftmax,
     generate_softmax,
-    in_container_bits,
-    out_container_bits,
     row_cycles,
     stream_layout,
 )
@@ -77,7 +75,7 @@ def _stream(
     rng = random.Random(seed)
     beats = [(int(v), j == len(r) - 1) for r in rows for j, v in enumerate(r)]
     want = sum(len(r) for r in rows) if expect_out is None else expect_out
-    mask = (1 << in_container_bits(cfg)) - 1
+    mask = (1 << cfg.in_container_bits) - 1
     trace = Trace(latency=dut.latency)
 
     async def bench(ctx):
@@ -221,7 +219,7 @@ def test_generate_softmax(tmp_path):
     assert out["top"] == TOP_NAME == "online_softmax"
     text = out["verilog"]
     assert f"module {TOP_NAME}(" in text
-    widths = {"x__tdata": in_container_bits(cfg), "p__tdata": out_container_bits(cfg)}
+    widths = {"x__tdata": cfg.in_container_bits, "p__tdata": cfg.out_container_bits}
     assert widths == {"x__tdata": 16, "p__tdata": 16}
     for port in ("clk", "rst", "x__tvalid", "x__tready", "x__tlast", "p__tvalid", "p__tready"):
         assert f" {port};" in text, port

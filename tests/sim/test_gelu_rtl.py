@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 
 import tessera.sim.gelu as gelu_sim
-from tessera.models.gelu import GeluConfig, gelu
+from tessera.models.gelu import GeluConfig, extreme_codes, gelu, pack_beats, unpack_beats
 from tessera.rtl.gelu import LATENCY
-from tessera.sim.gelu import (
-    GeluCase,
-    extreme_codes,
-    frame_sizes,
-    pack_beats,
-    simulate_gelu,
-    unpack_beats,
-)
+from tessera.sim.gelu import GeluCase, frame_sizes, simulate_gelu
 
 DEFAULT = GeluConfig()
 NARROW = GeluConfig(in_bits=12, in_frac=7, step_log2=4, rom_entries=89, lanes=1)
