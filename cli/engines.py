@@ -216,6 +216,14 @@ def _gelu_simulate(
     return simulate_gelu(cfg, cases, sim=args.sim, waves=args.waves), {}
 
 
+def _gelu_csim(cfg: Any, case: Any) -> tuple[Any, Any]:
+    from tessera.hls.gelu import csim_gelu
+    from tessera.models.gelu import gelu
+
+    x = case.inputs(cfg)
+    return csim_gelu(cfg, x), gelu(x, cfg)
+
+
 ENGINES["gelu"] = EngineSpec(
     name="gelu",
     summary="GeluRom: GELU = ReLU - delta(|x|), delta from a ROM with linear interpolation",
@@ -224,6 +232,7 @@ ENGINES["gelu"] = EngineSpec(
     add_case_args=_gelu_case_args,
     make_cases=_gelu_cases,
     simulate=_gelu_simulate,
+    csim=_gelu_csim,
 )
 
 
@@ -266,6 +275,16 @@ def _softmax_simulate(
     return simulate_softmax(cfg, cases, sim=args.sim, waves=args.waves), {}
 
 
+def _softmax_csim(cfg: Any, case: Any) -> tuple[Any, Any]:
+    import numpy as np
+
+    from tessera.hls.softmax import csim_softmax
+    from tessera.models.softmax import softmax
+
+    x = np.stack(case.logits(cfg))
+    return csim_softmax(cfg, x), softmax(x, cfg)
+
+
 ENGINES["softmax"] = EngineSpec(
     name="softmax",
     summary="OnlineSoftmax: single-pass running max/sum, base-2 exp LUT, one reciprocal per row",
@@ -274,6 +293,7 @@ ENGINES["softmax"] = EngineSpec(
     add_case_args=_softmax_case_args,
     make_cases=_softmax_cases,
     simulate=_softmax_simulate,
+    csim=_softmax_csim,
 )
 
 
@@ -308,6 +328,14 @@ def _layernorm_simulate(
     return simulate_layernorm(cfg, cases, sim=args.sim, waves=args.waves), {}
 
 
+def _layernorm_csim(cfg: Any, case: Any) -> tuple[Any, Any]:
+    from tessera.hls.layernorm import csim_layernorm
+    from tessera.models.layernorm import layernorm
+
+    x, gamma, beta = case.inputs(cfg)
+    return csim_layernorm(cfg, x, gamma, beta), layernorm(x, gamma, beta, cfg)
+
+
 ENGINES["layernorm"] = EngineSpec(
     name="layernorm",
     summary="LayerNorm: exact integer mean/variance, rsqrt by table + Newton, affine gamma/beta",
@@ -316,6 +344,7 @@ ENGINES["layernorm"] = EngineSpec(
     add_case_args=_layernorm_case_args,
     make_cases=_layernorm_cases,
     simulate=_layernorm_simulate,
+    csim=_layernorm_csim,
 )
 
 
@@ -360,6 +389,18 @@ def _attention_simulate(
     return results, {"model_cycles": traffic["cycles"], "traffic": traffic}
 
 
+def _attention_csim(cfg: Any, case: Any) -> tuple[Any, Any]:
+    from tessera.hls.attention import csim_attention
+    from tessera.models.attention import attention
+
+    q, k, v = case.operands(cfg)
+    requant = case.score_requant(cfg)
+    return (
+        csim_attention(cfg, q, k, v, requant, case.mask),
+        attention(q, k, v, cfg, requant, case.mask),
+    )
+
+
 ENGINES["attention"] = EngineSpec(
     name="attention",
     summary="AttentionEngine: P query rows on chip, K and V streamed once per group of P",
@@ -368,4 +409,5 @@ ENGINES["attention"] = EngineSpec(
     add_case_args=_attention_case_args,
     make_cases=_attention_cases,
     simulate=_attention_simulate,
+    csim=_attention_csim,
 )

@@ -146,3 +146,18 @@ def test_generate_hls_project_and_csim(tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["elements"] == 15 and report["mismatches"] == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "softmax --max-len 40 --rows 2 --length 37 --data increasing",
+        "gelu --lanes 2 --count 300 --data extreme",
+        "layernorm --dim 7 --rows 3 --data extreme",
+        "attention --head-dim 8 --lanes 4 --max-seq 16 --seq-len 9 --mask lambda --window 3",
+    ],
+)
+def test_csim_every_unit_matches_the_golden_model(args, capsys):
+    assert main(["csim", *args.split(), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True and report["mismatches"] == 0 and report["elements"] > 0
