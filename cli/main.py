@@ -279,6 +279,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---- train ------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tessera.models.m3vit import (
+        M3ViTConfig,
+        digits_tasks,
+        evaluate,
+        expert_usage,
+        save_weights,
+        train_m3vit,
+    )
+
+    if args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    cfg = M3ViTConfig()
+    _progress(f"training {cfg.short_name} ({cfg.parameter_count} parameters) on digits")
+    model, history = train_m3vit(cfg, seed=args.seed, epochs=args.epochs)
+    _, test = digits_tasks(0)
+    tasks = ("digit", "parity")
+    accuracy = {name: evaluate(model, test, task) for task, name in enumerate(tasks)}
+    usage = {name: expert_usage(model, test, task) for task, name in enumerate(tasks)}
+    metadata = {"seed": args.seed, "epochs": args.epochs, "data_seed": 0}
+    save_weights(model, args.out, {**metadata, "test_accuracy": accuracy, "test_size": len(test)})
+    report = {
+        "config": cfg.to_dict(),
+        **metadata,
+        "steps": history.steps,
+        "seconds": round(history.seconds, 2),
+        "test_accuracy": accuracy,
+        "expert_usage": {k: [list(map(int, c)) for c in v] for k, v in usage.items()},
+        "weights": str(args.out),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"trained {history.steps} steps in {history.seconds:.1f} s -> {args.out}")
+        for name in tasks:
+            print(f"{name}: held-out accuracy {100 * accuracy[name]:.2f} % ({len(test)} images)")
+    return 0
+
+
 # ---- doctor -----------------------------------------------------------------------------------
 
 
@@ -310,7 +352,7 @@ def _engine_parsers(parent: argparse.ArgumentParser) -> list[tuple[str, argparse
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tessera`` command."""
-    from tessera.cli.engines import ENGINES, add_config_args
+    from tessera.cli.engines import ENGINES, add_config_args, integer
 
     parser = _Parser(prog="tessera", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -354,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
         ep.add_argument("--family", choices=FAMILIES, default="xc7")
         ep.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a reference model (deterministic) and save it")
+    p.add_argument("model", choices=["m3vit"], help="m3vit: tiny M3ViT on the digits tasks")
+    p.add_argument("--epochs", type=integer, default=30)
+    p.add_argument("--seed", type=integer, default=0)
+    p.add_argument("-o", "--out", default="build/m3vit_tiny.pt", help="weights file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
     add_config_args(p, ENGINES["gemm"].config_class())

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -721,14 +722,16 @@ def save_weights(model: M3ViT, path: str | Path, metadata: dict[str, Any] | None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    partial = path.with_name(f".{path.name}.partial")  # a crash never leaves a truncated file
     torch.save(
         {
             "config": json.dumps(model.cfg.to_dict(), sort_keys=True),
             "metadata": json.dumps(metadata or {}, sort_keys=True),
             "state_dict": state,
         },
-        path,
+        partial,
     )
+    os.replace(partial, path)
 
 
 def load_m3vit(

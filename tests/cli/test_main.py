@@ -161,3 +161,20 @@ def test_csim_every_unit_matches_the_golden_model(args, capsys):
     assert main(["csim", *args.split(), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["mismatches"] == 0 and report["elements"] > 0
+
+
+def test_train_m3vit_saves_weights_that_reproduce_the_report(tmp_path, capsys):
+    from tessera.models.m3vit import digits_tasks, evaluate, load_m3vit
+
+    out = tmp_path / "w.pt"
+    assert main(["train", "m3vit", "--epochs", "1", "--seed", "3", "-o", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model, cfg, metadata = load_m3vit(out, with_metadata=True)
+    assert cfg == type(cfg).from_dict(report["config"]) and metadata["seed"] == 3
+    _, test = digits_tasks(0)
+    for task, name in enumerate(("digit", "parity")):
+        assert evaluate(model, test, task) == report["test_accuracy"][name]
+    # Every MoE block routes every token of every test image to top_k experts.
+    for usage in report["expert_usage"].values():
+        assert len(usage) == len(cfg.moe_layers)
+        assert {sum(c) for c in usage} == {len(test) * cfg.num_tokens * cfg.top_k}
