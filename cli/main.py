@@ -1,4 +1,4 @@
-"""``tessera`` command line: doctor, generate, simulate, synth and the demo.
+"""``tessera`` command line: doctor, generate (Verilog or HLS), simulate, csim, synth, train, demo.
 
 Errors in the user's input print one ``tessera: error: ...`` line and exit with status 2; nothing is
 left half-written (outputs are assembled in a temporary directory and moved into place).
@@ -123,6 +123,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     f"  ideal {r.ideal_cycles:.1f}  utilization {100 * r.utilization:.2f} %"
                     f"  (model: {extra['model_cycles']} cycles)"
                 )
+            elif "model_cycles" in extra:
+                print(f"  model without stalls: {extra['model_cycles']} cycles")
             if r.waves:
                 print(f"waveform: {r.waves}")
     return 0 if passed else 1
