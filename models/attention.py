@@ -141,17 +141,7 @@ class AttentionConfig(EngineConfig):
                 f"lut_bits + interp_bits ({self.lut_bits + self.interp_bits}) must not exceed "
                 f"score_frac + 16 ({self.score_frac + 16}): reduce interp_bits"
             )
-        # Accept the enum values as strings too (configs round-trip through JSON).
-        try:
-            object.__setattr__(self, "rounding", Rounding(self.rounding))
-        except ValueError:
-            allowed = ", ".join(r.value for r in Rounding)
-            raise ValueError(f"rounding must be one of {allowed}, got {self.rounding!r}") from None
-        try:
-            object.__setattr__(self, "overflow", Overflow(self.overflow))
-        except ValueError:
-            allowed = ", ".join(o.value for o in Overflow)
-            raise ValueError(f"overflow must be one of {allowed}, got {self.overflow!r}") from None
+        self._coerce_modes()
 
     # --- derived quantities ---------------------------------------------------------------
     @property

@@ -14,6 +14,8 @@ from typing import Any, Self
 
 import numpy as np
 
+from tessera.models.rounding import Overflow, Rounding, _coerce_enum
+
 __all__ = ["EngineConfig", "check_int"]
 
 
@@ -27,6 +29,11 @@ def check_int(name: str, value: Any, lo: int, hi: int) -> None:
 
 class EngineConfig:
     """Mixin of the engine config dataclasses: ``to_dict``, ``from_dict`` and ``digest``."""
+
+    def _coerce_modes(self) -> None:
+        """Turn ``rounding`` / ``overflow`` given as strings (JSON, command line) into enums."""
+        object.__setattr__(self, "rounding", _coerce_enum(Rounding, self.rounding, "rounding"))
+        object.__setattr__(self, "overflow", _coerce_enum(Overflow, self.overflow, "overflow"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (enums as their values)."""

@@ -85,17 +85,7 @@ class GemmConfig(EngineConfig):
                     f"{name}={width} must divide or be a multiple of the {lanes}-byte slice "
                     f"({'rows' if name[0] == 'a' else 'cols'})"
                 )
-        # Accept the enum values as strings too (configs round-trip through JSON).
-        try:
-            object.__setattr__(self, "rounding", Rounding(self.rounding))
-        except ValueError:
-            allowed = ", ".join(r.value for r in Rounding)
-            raise ValueError(f"rounding must be one of {allowed}, got {self.rounding!r}") from None
-        try:
-            object.__setattr__(self, "overflow", Overflow(self.overflow))
-        except ValueError:
-            allowed = ", ".join(o.value for o in Overflow)
-            raise ValueError(f"overflow must be one of {allowed}, got {self.overflow!r}") from None
+        self._coerce_modes()
 
     @property
     def max_dim(self) -> int:

@@ -175,17 +175,7 @@ class MoeConfig(EngineConfig):
         check_int("gelu_step_log2", self.gelu_step_log2, 0, 12)
         check_int("gelu_frac", self.gelu_frac, self.gelu_step_log2, self.gelu_bits - 1)
         check_int("gelu_rom_entries", self.gelu_rom_entries, 2, 4096)
-        # Accept the enum values as strings too (configs round-trip through JSON).
-        try:
-            object.__setattr__(self, "rounding", Rounding(self.rounding))
-        except ValueError:
-            allowed = ", ".join(r.value for r in Rounding)
-            raise ValueError(f"rounding must be one of {allowed}, got {self.rounding!r}") from None
-        try:
-            object.__setattr__(self, "overflow", Overflow(self.overflow))
-        except ValueError:
-            allowed = ", ".join(o.value for o in Overflow)
-            raise ValueError(f"overflow must be one of {allowed}, got {self.overflow!r}") from None
+        self._coerce_modes()
         # The derived unit configs check the combinations; name this config's fields on failure.
         try:
             self.softmax  # noqa: B018
