@@ -41,6 +41,7 @@ from tessera.models.rounding import (
     saturate,
 )
 from tessera.models.softmax import (
+    EXP_LATENCY,
     SoftmaxConfig,
     online_max_sum,
     probabilities,
@@ -64,8 +65,6 @@ __all__ = [
 IntArray = npt.NDArray[np.int64]
 OPERAND_BITS = 8
 MAX_PRODUCT = 1 << 14  # |int8 * int8| <= 128 * 128
-EXP_LATENCY = 4
-"""Pipeline latency of the engine's ``exp`` units (cycles), used by the cycle model."""
 
 
 @dataclass(frozen=True)
@@ -540,7 +539,7 @@ def attention_traffic(
     """
     cfg.check_seq_len(seq_len)
     if recip_cycles is None:
-        recip_cycles = cfg.softmax.recip_bits + 1
+        recip_cycles = cfg.softmax.recip_cycles
     beats = cfg.beats_per_row
     rows = cfg.group_rows(seq_len) * cfg.heads
     groups = len(rows) // cfg.heads

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from tessera.models.config import EngineConfig, check_int
 
 __all__ = [
+    "EXP_LATENCY",
     "LOG2E_FRAC",
     "SoftmaxConfig",
     "exp2_lut",
@@ -49,6 +50,9 @@ __all__ = [
 
 LOG2E_FRAC = 16
 """Fraction bits of the ``log2(e)`` constant."""
+
+EXP_LATENCY = 4
+"""Pipeline depth of the hardware ``exp`` unit in cycles (RTL ``ExpNeg``), for cycle models."""
 
 IntArray = npt.NDArray[np.int64]
 
@@ -127,6 +131,11 @@ class SoftmaxConfig(EngineConfig):
         """Fraction bits of ``1/sum``: enough that its rounding error stays below a quarter LSB of
         the probabilities for the longest row."""
         return self.out_frac + self.len_bits + 1
+
+    @property
+    def recip_cycles(self) -> int:
+        """Cycles of the bit-serial reciprocal: one per quotient bit, plus the start cycle."""
+        return self.recip_bits + 1
 
     @property
     def recip_bits(self) -> int:

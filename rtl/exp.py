@@ -15,11 +15,10 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from tessera.models.softmax import LOG2E_FRAC, SoftmaxConfig, exp2_lut
+from tessera.models.softmax import EXP_LATENCY, LOG2E_FRAC, SoftmaxConfig, exp2_lut
 
 __all__ = ["EXP_LATENCY", "ExpNeg", "Reciprocal"]
 
-EXP_LATENCY = 4
 """Pipeline depth of :class:`ExpNeg` (its :attr:`~ExpNeg.latency`)."""
 
 
@@ -182,7 +181,7 @@ class Reciprocal(wiring.Component):
     @property
     def cycles(self) -> int:
         """Cycles from the ``start`` cycle to the ``done`` pulse (one per quotient bit, plus 1)."""
-        return self.config.recip_bits + 1
+        return self.config.recip_cycles
 
     def elaborate(self, platform: object) -> Module:
         m = Module()

@@ -45,7 +45,7 @@ TOP_NAME = "online_softmax"
 def _fill(cfg: SoftmaxConfig) -> int:
     # From a row's last input beat to its first buffer read: ExpNeg, sum register, divider,
     # ready register.
-    return EXP_LATENCY + 1 + (cfg.recip_bits + 1) + 1
+    return EXP_LATENCY + 1 + cfg.recip_cycles + 1
 
 
 def _latency(cfg: SoftmaxConfig) -> int:
