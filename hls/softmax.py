@@ -14,7 +14,6 @@ a softmax.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from tessera.hls.engine import (
     StreamPort,
 )
 from tessera.models.softmax import (
+    LOG2E,
     LOG2E_FRAC,
     SoftmaxConfig,
     exp2_lut,
@@ -58,14 +58,13 @@ ROWS_BITS = 32
 
 def exp_constants(cfg: SoftmaxConfig) -> tuple[ConfigConstant, ...]:
     """The ``CONFIG_T`` members ``include/tessera/exp.h`` reads: formats and the exp2 table."""
-    log2e = round(math.log2(math.e) * (1 << LOG2E_FRAC))  # as models.softmax.exp_neg
     formats = (
         ConfigConstant("in_bits", cfg.in_bits, doc="logit width (signed)"),
         ConfigConstant("in_frac", cfg.in_frac, doc="logit fraction bits"),
         ConfigConstant("exp_frac", cfg.exp_frac, doc="fraction bits of exponentials and sums"),
         ConfigConstant("lut_bits", cfg.lut_bits, doc="exp2 table of 2**lut_bits + 1 entries"),
         ConfigConstant("interp_bits", cfg.interp_bits, doc="interpolated bits below the index"),
-        ConfigConstant("log2e", log2e, doc="round(log2(e) * 2**log2e_frac)"),
+        ConfigConstant("log2e", LOG2E, doc="round(log2(e) * 2**log2e_frac)"),
         ConfigConstant("log2e_frac", LOG2E_FRAC, doc="fraction bits of log2e"),
         ConfigConstant("sum_bits", cfg.sum_bits, doc="width of a row sum"),
         ConfigConstant("recip_frac", cfg.recip_frac, doc="fraction bits of 1/sum"),

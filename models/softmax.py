@@ -34,6 +34,7 @@ from tessera.models.config import EngineConfig, check_int
 
 __all__ = [
     "EXP_LATENCY",
+    "LOG2E",
     "LOG2E_FRAC",
     "SoftmaxConfig",
     "exp2_lut",
@@ -50,6 +51,9 @@ __all__ = [
 
 LOG2E_FRAC = 16
 """Fraction bits of the ``log2(e)`` constant."""
+
+LOG2E = round(math.log2(math.e) * (1 << LOG2E_FRAC))
+"""``log2(e)`` with :data:`LOG2E_FRAC` fraction bits, as the hardware multiplies by it."""
 
 EXP_LATENCY = 4
 """Pipeline depth of the hardware ``exp`` unit in cycles (RTL ``ExpNeg``), for cycle models."""
@@ -210,9 +214,8 @@ def exp_neg(d: npt.ArrayLike, cfg: SoftmaxConfig) -> IntArray:
     d = np.asarray(d, dtype=np.int64)
     if d.size and d.max() > 0:
         raise ValueError("exp_neg takes differences x - max <= 0")
-    log2e = round(math.log2(math.e) * (1 << LOG2E_FRAC))
     # t = d * log2(e), truncated (floor) to t_frac fraction bits.
-    t = np.right_shift(d * log2e, cfg.in_frac + LOG2E_FRAC - cfg.t_frac)
+    t = np.right_shift(d * LOG2E, cfg.in_frac + LOG2E_FRAC - cfg.t_frac)
     shift = -np.right_shift(t, cfg.t_frac)  # -floor(t) >= 0
     frac = t & ((1 << cfg.t_frac) - 1)
     index = np.right_shift(frac, cfg.interp_bits)

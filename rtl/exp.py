@@ -8,14 +8,12 @@ exponentials into ``1/sum`` with a restoring divider, one quotient bit per cycle
 
 from __future__ import annotations
 
-import math
-
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from tessera.models.softmax import EXP_LATENCY, LOG2E_FRAC, SoftmaxConfig, exp2_lut
+from tessera.models.softmax import EXP_LATENCY, LOG2E, LOG2E_FRAC, SoftmaxConfig, exp2_lut
 
 __all__ = ["EXP_LATENCY", "ExpNeg", "Reciprocal"]
 
@@ -82,9 +80,8 @@ class ExpNeg(wiring.Component):
         shift_shape = range(cfg.max_shift + 1)
 
         # ---- stage 1: t = d * log2(e), truncated to t_frac fraction bits ------------------------
-        log2e = round(math.log2(math.e) * (1 << LOG2E_FRAC))
-        product = Signal(signed(len(self.d) + log2e.bit_length() + 1))
-        m.d.comb += product.eq(self.d * Const(log2e, unsigned(log2e.bit_length())))
+        product = Signal(signed(len(self.d) + LOG2E.bit_length() + 1))
+        m.d.comb += product.eq(self.d * Const(LOG2E, unsigned(LOG2E.bit_length())))
         t = product[cfg.in_frac + LOG2E_FRAC - cfg.t_frac :].as_signed()
         floor_t = t[cfg.t_frac :].as_signed()  # <= 0
         s1_frac = Signal(cfg.t_frac)
