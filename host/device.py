@@ -1,0 +1,397 @@
+"""One device API for the host runtime: buffers, asynchronous submission, futures, modelled time.
+
+Every device (:class:`~tessera.host.torch_device.TorchDevice` for CUDA or CPU,
+:class:`~tessera.host.fpga.FpgaEmulator` for the FPGA engines, ...) has the same five verbs, all
+asynchronous (each returns a :class:`concurrent.futures.Future`) and executed in submission order
+on the device's own queue (one worker thread per device, as a CUDA stream or an FPGA command queue
+would):
+
+- :meth:`Device.copy_in`: a host array into a device :class:`Buffer`;
+- :meth:`Device.run`: an :class:`Op` on device buffers, into a new device buffer;
+- :meth:`Device.copy_out`: a device buffer back to a host ``numpy`` array;
+- :meth:`Device.alloc`: an uninitialised (zeroed) device buffer;
+- :meth:`Device.synchronize`: wait until everything submitted so far has finished.
+
+Besides wall-clock time, every device keeps a **modelled timeline**: each transfer and each op
+occupies the device from ``max(device free, inputs ready)`` for the time its model gives (the link
+model for transfers, the cycle model at the engine clock for FPGA ops, the measured time for torch
+ops). Buffers carry the modelled time at which their data is ready, so a consumer on another device
+starts only after the producer and the transfer, and transfers overlap compute on other devices.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "LINKS",
+    "Buffer",
+    "Device",
+    "DeviceError",
+    "Event",
+    "LinkModel",
+    "Op",
+]
+
+Domain = Literal["float", "int"]
+
+
+class DeviceError(RuntimeError):
+    """A device failed: its op raised, it timed out, or it went away.
+
+    Parameters
+    ----------
+    device : str
+        Name of the failed device.
+    message : str
+        What happened.
+    """
+
+    def __init__(self, device: str, message: str) -> None:
+        super().__init__(f"device {device}: {message}")
+        self.device = device
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """Host <-> device link: a fixed latency per transfer plus bytes over bandwidth.
+
+    Parameters
+    ----------
+    name : str
+        Label.
+    bytes_per_second : float
+        Sustained bandwidth (> 0; ``math.inf`` for memory the host shares).
+    latency_seconds : float
+        Fixed cost of one transfer (>= 0): descriptor set-up, doorbell, completion interrupt.
+    """
+
+    name: str
+    bytes_per_second: float
+    latency_seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.bytes_per_second > 0:
+            raise ValueError(f"bytes_per_second must be > 0, got {self.bytes_per_second}")
+        if not (self.latency_seconds >= 0 and math.isfinite(self.latency_seconds)):
+            raise ValueError(f"latency_seconds must be finite and >= 0, got {self.latency_seconds}")
+
+    def transfer_seconds(self, nbytes: int) -> float:
+        """Modelled time to move ``nbytes`` (0 bytes cost nothing)."""
+        if nbytes <= 0:
+            return 0.0
+        return self.latency_seconds + nbytes / self.bytes_per_second
+
+
+#: Links of common boards. Bandwidths are the usable payload rates of the standards (PCIe after
+#: 128b/130b encoding; AXI HP ports as data width x clock), latencies typical DMA round trips.
+LINKS: dict[str, LinkModel] = {
+    "host": LinkModel("host", math.inf, 0.0),
+    "pcie3x4": LinkModel("pcie3x4", 3.94e9, 2e-6),
+    "pcie3x16": LinkModel("pcie3x16", 15.75e9, 2e-6),
+    "pcie4x16": LinkModel("pcie4x16", 31.5e9, 2e-6),
+    # Zynq-7000 HP port: 64 bit at 150 MHz; Zynq UltraScale+ HP port: 128 bit at 300 MHz.
+    "zynq7-hp": LinkModel("zynq7-hp", 1.2e9, 0.5e-6),
+    "zynqmp-hp": LinkModel("zynqmp-hp", 4.8e9, 0.5e-6),
+}
+
+
+class Op(ABC):
+    """A unit of work a device can run: one layer or sub-block of a model.
+
+    Subclasses implement the domains they support; a device runs an op in its own domain:
+    torch devices call :meth:`run_float`, FPGA devices :meth:`run_int` (bit-exact golden
+    arithmetic) and take their time from :meth:`fpga_cycles`.
+
+    Attributes
+    ----------
+    name : str
+        Unique name in its graph.
+    kind : str
+        What the op is (``"linear"``, ``"attention_block"``, ``"moe_block"``, ...).
+    """
+
+    name: str
+    kind: str
+
+    def run_float(self, *inputs: Any) -> Any:
+        """Float result on torch tensors (the same device as the inputs)."""
+        raise NotImplementedError(f"{self.kind} op {self.name!r} has no float implementation")
+
+    def run_int(self, *inputs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Bit-exact integer result on raw quantized arrays."""
+        raise NotImplementedError(f"{self.kind} op {self.name!r} has no integer implementation")
+
+    def fpga_cycles(self, *inputs: npt.NDArray[np.int64]) -> int:
+        """Engine clock cycles of :meth:`run_int` on these inputs (the validated cycle models)."""
+        raise NotImplementedError(f"{self.kind} op {self.name!r} has no cycle model")
+
+    def run_rtl(self, *inputs: npt.NDArray[np.int64], sim: str) -> tuple[Any, int]:
+        """Integer result and cycles from the generated RTL under simulator ``sim``."""
+        raise NotImplementedError(f"{self.kind} op {self.name!r} has no RTL implementation")
+
+    def supports(self, domain: Domain) -> bool:
+        """Whether the op implements ``domain``."""
+        method = {"float": "run_float", "int": "run_int"}[domain]
+        return getattr(type(self), method) is not getattr(Op, method)
+
+
+@dataclass(eq=False)
+class Buffer:
+    """Data resident on a device.
+
+    Attributes
+    ----------
+    device : Device
+        Owner.
+    data : Any
+        The device-side object (a torch tensor, a numpy array).
+    nbytes : int
+        Size in bytes (what a transfer of it costs).
+    ready_at : float
+        Modelled time (seconds from the device pool's epoch) at which the data is valid.
+    label : str
+        What it holds, for timelines and errors.
+    """
+
+    device: Device
+    data: Any
+    nbytes: int
+    ready_at: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interval of a device's modelled timeline.
+
+    Attributes
+    ----------
+    device : str
+        Device name.
+    kind : str
+        ``"copy_in"``, ``"run"`` or ``"copy_out"``.
+    label : str
+        Op or buffer name.
+    start, end : float
+        Modelled seconds from the epoch.
+    wall_seconds : float
+        Host wall time the work took (emulation cost, not device time).
+    """
+
+    device: str
+    kind: str
+    label: str
+    start: float
+    end: float
+    wall_seconds: float
+
+
+class Device(ABC):
+    """Base class of every device: the asynchronous verbs, the queue and the timeline.
+
+    Parameters
+    ----------
+    name : str
+        Unique name, e.g. ``"cpu"``, ``"cuda:0"``, ``"fpga:emu"``.
+    link : LinkModel
+        The host link, used for the modelled time of :meth:`copy_in` / :meth:`copy_out`.
+    domain : {"float", "int"}
+        Which implementation of an :class:`Op` this device runs.
+    timeout : float or None
+        Seconds a single op may take (wall time) before the device is declared failed.
+    """
+
+    kind: str = "device"
+
+    def __init__(
+        self, name: str, link: LinkModel, domain: Domain, *, timeout: float | None = None
+    ) -> None:
+        if not name:
+            raise ValueError("a device needs a non-empty name")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.name = name
+        self.link = link
+        self.domain: Domain = domain
+        self.timeout = timeout
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tessera-{name}")
+        self._lock = threading.Lock()
+        self._free_at = 0.0
+        self._events: list[Event] = []
+        self._closed = False
+
+    # --- backend hooks ---------------------------------------------------------------------
+    @abstractmethod
+    def _to_device(self, array: npt.NDArray[Any]) -> Any:
+        """Host array -> device object (runs on the device's queue)."""
+
+    @abstractmethod
+    def _to_host(self, data: Any) -> npt.NDArray[Any]:
+        """Device object -> host array."""
+
+    @abstractmethod
+    def _execute(self, op: Op, inputs: Sequence[Any]) -> tuple[Any, float]:
+        """Run ``op``; return the device-side result and its modelled duration in seconds."""
+
+    def _nbytes(self, data: Any) -> int:
+        return int(data.nbytes) if hasattr(data, "nbytes") else int(np.asarray(data).nbytes)
+
+    # --- public verbs ------------------------------------------------------------------------
+    def copy_in(self, array: npt.ArrayLike, *, label: str = "", ready_at: float = 0.0) -> Future:
+        """Copy a host array to the device.
+
+        Parameters
+        ----------
+        array : array_like
+            Host data.
+        label : str
+            Name for the timeline.
+        ready_at : float
+            Modelled time at which the host data exists (e.g. when another device produced it).
+
+        Returns
+        -------
+        Future of Buffer
+        """
+        host = np.ascontiguousarray(array)
+
+        def work() -> Buffer:
+            data = self._to_device(host)
+            end = self._occupy("copy_in", label, ready_at, self.link.transfer_seconds(host.nbytes))
+            return Buffer(self, data, int(host.nbytes), end, label)
+
+        return self._submit(work, label)
+
+    def copy_out(self, buffer: Buffer) -> Future:
+        """Copy a device buffer back to the host; the future's result is a numpy array.
+
+        The modelled time at which the host holds the data is the buffer's ``ready_at`` after the
+        transfer; read it with :meth:`last_event`.
+        """
+        self._check_owner(buffer)
+
+        def work() -> npt.NDArray[Any]:
+            host = self._to_host(buffer.data)
+            self._occupy(
+                "copy_out", buffer.label, buffer.ready_at, self.link.transfer_seconds(buffer.nbytes)
+            )
+            return host
+
+        return self._submit(work, buffer.label)
+
+    def alloc(self, shape: Sequence[int], dtype: npt.DTypeLike, *, label: str = "") -> Future:
+        """A zero-filled device buffer (no transfer is modelled)."""
+        zeros = np.zeros(tuple(shape), dtype=dtype)
+
+        def work() -> Buffer:
+            return Buffer(self, self._to_device(zeros), int(zeros.nbytes), 0.0, label)
+
+        return self._submit(work, label)
+
+    def run(self, op: Op, *inputs: Buffer) -> Future:
+        """Run ``op`` on device buffers; the future's result is the output :class:`Buffer`.
+
+        Raises
+        ------
+        ValueError
+            At once, if the op has no implementation in this device's domain or an input lives
+            on another device.
+        DeviceError
+            Through the future, if the op raised or exceeded the device's timeout.
+        """
+        if not op.supports(self.domain):
+            raise ValueError(
+                f"{op.kind} op {op.name!r} has no {self.domain} implementation; place it on a "
+                f"device of another domain"
+            )
+        for b in inputs:
+            self._check_owner(b)
+
+        def work() -> Buffer:
+            start_wall = time.perf_counter()
+            try:
+                data, seconds = self._execute(op, [b.data for b in inputs])
+            except DeviceError:
+                raise
+            except Exception as exc:  # the op's own failure: report it as this device's
+                raise DeviceError(self.name, f"{op.name} failed: {exc}") from exc
+            wall = time.perf_counter() - start_wall
+            if self.timeout is not None and wall > self.timeout:
+                raise DeviceError(self.name, f"{op.name} took {wall:.3f} s > {self.timeout} s")
+            ready = max((b.ready_at for b in inputs), default=0.0)
+            end = self._occupy("run", op.name, ready, seconds, wall)
+            return Buffer(self, data, self._nbytes(data), end, op.name)
+
+        return self._submit(work, op.name)
+
+    def synchronize(self, timeout: float | None = None) -> None:
+        """Block until all work submitted before this call has finished."""
+        self._submit(lambda: None, "synchronize").result(timeout=timeout)
+
+    def close(self) -> None:
+        """Finish queued work and release the queue; later submissions raise ``DeviceError``."""
+        with self._lock:
+            self._closed = True
+        self._queue.shutdown(wait=True)
+
+    # --- timeline ------------------------------------------------------------------------------
+    @property
+    def events(self) -> list[Event]:
+        """A copy of the modelled timeline so far."""
+        with self._lock:
+            return list(self._events)
+
+    @property
+    def busy_until(self) -> float:
+        """Modelled time at which the device's queue drains."""
+        with self._lock:
+            return self._free_at
+
+    def reset_timeline(self) -> None:
+        """Forget the timeline and restart modelled time at 0."""
+        with self._lock:
+            self._events.clear()
+            self._free_at = 0.0
+
+    # --- internals ---------------------------------------------------------------------------
+    def _occupy(
+        self, kind: str, label: str, ready: float, seconds: float, wall: float = 0.0
+    ) -> float:
+        with self._lock:
+            start = max(self._free_at, ready)
+            end = start + seconds
+            self._free_at = end
+            self._events.append(Event(self.name, kind, label, start, end, wall))
+            return end
+
+    def _check_owner(self, buffer: Buffer) -> None:
+        if buffer.device is not self:
+            raise ValueError(
+                f"buffer {buffer.label!r} lives on {buffer.device.name}, not {self.name}: copy it "
+                "out and in first"
+            )
+
+    def _submit(self, work: Callable[[], Any], label: str) -> Future:
+        with self._lock:
+            if self._closed:
+                raise DeviceError(self.name, f"closed; cannot accept {label or 'work'}")
+            return self._queue.submit(work)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, link={self.link.name}, domain={self.domain})"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Name, kind, domain and link, as JSON-able values."""
+        return {"name": self.name, "kind": self.kind, "domain": self.domain, "link": self.link.name}
