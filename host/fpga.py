@@ -9,16 +9,24 @@ which is slow and meant for verification; its cycles are the ones the RTL counte
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from tessera.host.device import LINKS, Device, LinkModel, Op
+from tessera.host.device import LINKS, Device, DeviceError, LinkModel, Op
 
 __all__ = ["FpgaEmulator"]
 
 Mode = Literal["golden", "rtl"]
+
+
+def _run_op(op: Op, inputs: Sequence[Any], mode: Mode, sim: str) -> tuple[Any, int]:
+    if mode == "rtl":
+        return op.run_rtl(*inputs, sim=sim)
+    return op.run_int(*inputs), op.fpga_cycles(*inputs)
 
 
 class FpgaEmulator(Device):
@@ -38,6 +46,10 @@ class FpgaEmulator(Device):
         Simulator of mode ``"rtl"``.
     timeout : float, optional
         Seconds (wall) one op may take.
+    isolated : bool
+        Run the ops in a worker process of their own, as a board driver's process would be:
+        if it dies, the device fails with a :class:`~tessera.host.device.DeviceError` (ops must
+        then be picklable).
     """
 
     kind = "fpga"
@@ -51,6 +63,7 @@ class FpgaEmulator(Device):
         mode: Mode = "golden",
         sim: str = "verilator",
         timeout: float | None = None,
+        isolated: bool = False,
     ) -> None:
         if not 1.0 <= clock_mhz <= 2000.0:
             raise ValueError(f"clock_mhz must be in [1, 2000], got {clock_mhz}")
@@ -61,6 +74,7 @@ class FpgaEmulator(Device):
         self.mode: Mode = mode
         self.sim = sim
         self.cycles = 0
+        self._worker = ProcessPoolExecutor(max_workers=1) if isolated else None
 
     def _to_device(self, array: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
         arr = np.asarray(array)
@@ -75,13 +89,29 @@ class FpgaEmulator(Device):
         return np.array(data, copy=True)
 
     def _execute(self, op: Op, inputs: Sequence[Any]) -> tuple[Any, float]:
-        if self.mode == "rtl":
-            out, cycles = op.run_rtl(*inputs, sim=self.sim)
+        if self._worker is None:
+            out, cycles = _run_op(op, inputs, self.mode, self.sim)
         else:
-            out = op.run_int(*inputs)
-            cycles = op.fpga_cycles(*inputs)
+            try:
+                out, cycles = self._worker.submit(_run_op, op, inputs, self.mode, self.sim).result()
+            except BrokenProcessPool as exc:
+                raise DeviceError(self.name, "its worker process died") from exc
         self.cycles += int(cycles)
         return out, cycles / self.clock_hz
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the isolated worker (``None`` unless ``isolated`` and started)."""
+        if self._worker is None:
+            return None
+        pids = list(self._worker._processes)  # no public accessor; used to supervise it
+        return pids[0] if pids else None
+
+    def close(self) -> None:
+        """As :meth:`Device.close`, and stop the worker process."""
+        super().close()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
 
     @property
     def info(self) -> dict[str, Any]:
