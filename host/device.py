@@ -140,6 +140,10 @@ class Op(ABC):
         """Integer result and cycles from the generated RTL under simulator ``sim``."""
         raise NotImplementedError(f"{self.kind} op {self.name!r} has no RTL implementation")
 
+    def run_csim(self, *inputs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Integer result from the engines' HLS kernels, C-simulated (g++)."""
+        raise NotImplementedError(f"{self.kind} op {self.name!r} has no HLS kernel")
+
     def supports(self, domain: Domain) -> bool:
         """Whether the op implements ``domain``."""
         method = {"float": "run_float", "int": "run_int"}[domain]

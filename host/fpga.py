@@ -18,14 +18,16 @@ import numpy.typing as npt
 
 from tessera.host.device import LINKS, Device, DeviceError, LinkModel, Op
 
-__all__ = ["FpgaEmulator"]
+__all__ = ["FpgaEmulator", "HlsCsimDevice"]
 
-Mode = Literal["golden", "rtl"]
+Mode = Literal["golden", "rtl", "csim"]
 
 
 def _run_op(op: Op, inputs: Sequence[Any], mode: Mode, sim: str) -> tuple[Any, int]:
     if mode == "rtl":
         return op.run_rtl(*inputs, sim=sim)
+    if mode == "csim":
+        return op.run_csim(*inputs), op.fpga_cycles(*inputs)
     return op.run_int(*inputs), op.fpga_cycles(*inputs)
 
 
@@ -40,8 +42,9 @@ class FpgaEmulator(Device):
         Engine clock (default 300 MHz, Edge-MoE's clock on a ZCU102).
     link : LinkModel, optional
         Host link (default PCIe 3.0 x4).
-    mode : {"golden", "rtl"}
-        ``"golden"``: golden models + cycle models; ``"rtl"``: the RTL under ``sim``.
+    mode : {"golden", "rtl", "csim"}
+        ``"golden"``: golden models + cycle models; ``"rtl"``: the RTL under ``sim``;
+        ``"csim"``: the HLS kernels C-simulated (see :class:`HlsCsimDevice`).
     sim : {"verilator", "icarus"}
         Simulator of mode ``"rtl"``.
     timeout : float, optional
@@ -67,8 +70,8 @@ class FpgaEmulator(Device):
     ) -> None:
         if not 1.0 <= clock_mhz <= 2000.0:
             raise ValueError(f"clock_mhz must be in [1, 2000], got {clock_mhz}")
-        if mode not in ("golden", "rtl"):
-            raise ValueError(f"mode must be 'golden' or 'rtl', got {mode!r}")
+        if mode not in ("golden", "rtl", "csim"):
+            raise ValueError(f"mode must be 'golden', 'rtl' or 'csim', got {mode!r}")
         super().__init__(name, link or LINKS["pcie3x4"], "int", timeout=timeout)
         self.clock_hz = clock_mhz * 1e6
         self.mode: Mode = mode
@@ -117,3 +120,19 @@ class FpgaEmulator(Device):
     def info(self) -> dict[str, Any]:
         """As :attr:`Device.info`, plus clock and mode."""
         return {**super().info, "clock_mhz": self.clock_hz / 1e6, "mode": self.mode}
+
+
+class HlsCsimDevice(FpgaEmulator):
+    """The engines' HLS kernels, C-simulated with g++ (:meth:`Op.run_csim`), timed by the cycle
+    models like :class:`FpgaEmulator`; a check that the HLS flow computes what the RTL does.
+
+    Parameters are those of :class:`FpgaEmulator` except ``mode``; the default name is
+    ``"fpga:csim"``.
+    """
+
+    kind = "hls-csim"
+
+    def __init__(self, name: str = "fpga:csim", **kwargs: Any) -> None:
+        if "mode" in kwargs:
+            raise ValueError("HlsCsimDevice always runs mode 'csim'")
+        super().__init__(name, mode="csim", **kwargs)
