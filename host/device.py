@@ -278,21 +278,20 @@ class Device(ABC):
         return self._submit(work, label)
 
     def copy_out(self, buffer: Buffer) -> Future:
-        """Copy a device buffer back to the host; the future's result is a numpy array.
-
-        The modelled time at which the host holds the data is the buffer's ``ready_at`` after the
-        transfer; read it with :meth:`last_event`.
-        """
+        """Copy a device buffer back to the host; the future's result is a numpy array."""
         self._check_owner(buffer)
+        return self._submit(lambda: self._copy_out(buffer)[0], buffer.label)
 
-        def work() -> npt.NDArray[Any]:
-            host = self._to_host(buffer.data)
-            self._occupy(
-                "copy_out", buffer.label, buffer.ready_at, self.link.transfer_seconds(buffer.nbytes)
-            )
-            return host
+    def copy_out_timed(self, buffer: Buffer) -> Future:
+        """As :meth:`copy_out`; the result is ``(array, t)`` with ``t`` the modelled time at
+        which the host holds the data."""
+        self._check_owner(buffer)
+        return self._submit(lambda: self._copy_out(buffer), buffer.label)
 
-        return self._submit(work, buffer.label)
+    def _copy_out(self, buffer: Buffer) -> tuple[npt.NDArray[Any], float]:
+        host = self._to_host(buffer.data)
+        seconds = self.link.transfer_seconds(buffer.nbytes)
+        return host, self._occupy("copy_out", buffer.label, buffer.ready_at, seconds)
 
     def alloc(self, shape: Sequence[int], dtype: npt.DTypeLike, *, label: str = "") -> Future:
         """A zero-filled device buffer (no transfer is modelled)."""
