@@ -1,4 +1,4 @@
-"""``tessera`` command line: doctor, generate (Verilog or HLS), simulate, csim, synth, train, demo.
+"""``tessera`` command line: doctor, generate, simulate, csim, synth, train, quantize, demo.
 
 Errors in the user's input print one ``tessera: error: ...`` line and exit with status 2; nothing is
 left half-written (outputs are assembled in a temporary directory and moved into place).
@@ -323,6 +323,113 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- quantize ---------------------------------------------------------------------------------
+
+M3VIT_TASKS = ("digit", "parity")
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """``Type: first sentence`` of an exception (library messages run over many lines)."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    sentence = lines[0].split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence[:160]}"
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from tessera.models.m3vit import DEFAULT_WEIGHTS, digits_tasks, load_m3vit
+    from tessera.models.m3vit_quant import PRESETS, quantize_m3vit
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    weights = DEFAULT_WEIGHTS if args.weights is None else Path(args.weights)
+    if not weights.is_file():
+        raise UsageError(
+            f"no M3ViT weights at {weights}; train them with `tessera train m3vit -o {weights}`"
+        )
+    out = Path(args.out if args.out is not None else f"build/m3vit_{args.preset}.npz")
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a directory; give the path of the .npz file to write")
+    try:
+        model, cfg = load_m3vit(weights)  # type: ignore[misc]
+    except Exception as exc:  # a damaged file fails inside torch.load in many ways
+        raise UsageError(
+            f"cannot read M3ViT weights at {weights} ({_first_sentence(exc)}); "
+            "train them again with `tessera train m3vit`"
+        ) from None
+    train, test = digits_tasks(0)
+    try:
+        model.check_input(train.images[:1], 0)
+    except ValueError as exc:
+        raise UsageError(f"weights at {weights} do not fit the digits tasks: {exc}") from None
+    if cfg.num_tasks != len(M3VIT_TASKS):
+        raise UsageError(
+            f"weights at {weights} have {cfg.num_tasks} tasks; the digits tasks need "
+            f"{len(M3VIT_TASKS)}"
+        )
+    if not 1 <= args.calibration <= len(train):
+        raise UsageError(f"--calibration must be in [1, {len(train)}], got {args.calibration}")
+    n_test = len(test) if args.test_images is None else args.test_images
+    if not 1 <= n_test <= len(test):
+        raise UsageError(f"--test-images must be in [1, {len(test)}], got {n_test}")
+
+    preset = PRESETS[args.preset]
+    _progress(f"quantizing {cfg.short_name} with preset {preset.short_name}")
+    t0 = time.perf_counter()
+    qm = quantize_m3vit(model, cfg, train.images[: args.calibration], preset)
+    _progress(f"evaluating float and integer networks on {n_test} held-out images")
+    images, labels = test.images[:n_test], test.labels[:n_test]
+    float_acc, int_acc = {}, {}
+    for task, name in enumerate(M3VIT_TASKS):
+        with torch.no_grad():
+            float_pred = model(images, task).argmax(dim=-1).numpy()
+        truth = labels[:, task].numpy()
+        float_acc[name] = int((float_pred == truth).sum()) / n_test
+        int_acc[name] = int((qm.predict(images, task) == truth).sum()) / n_test
+    try:
+        qm.save(out)
+    except OSError as exc:
+        # The file system, not the input, failed; save() leaves no partial file behind.
+        print(f"tessera: error: cannot write {out}: {exc}", file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - t0
+    if args.json:
+        report = {
+            "model": "m3vit",
+            "config": cfg.to_dict(),
+            "preset": preset.to_dict(),
+            "name": preset.short_name,
+            "weights": str(weights),
+            "calibration_images": args.calibration,
+            "test_images": n_test,
+            "float_accuracy": float_acc,
+            "integer_accuracy": int_acc,
+            "output": str(out),
+            "seconds": round(seconds, 2),
+        }
+        print(json.dumps(report))
+    else:
+        rows = [
+            [
+                name,
+                f"{100 * float_acc[name]:.2f} %",
+                f"{100 * int_acc[name]:.2f} %",
+                f"{100 * (int_acc[name] - float_acc[name]):+.2f}",
+            ]
+            for name in M3VIT_TASKS
+        ]
+        print(
+            f"{preset.short_name}: {n_test} held-out images, calibration on "
+            f"{args.calibration} training images"
+        )
+        _print_table(rows, ["task", "float", f"integer ({args.preset})", "points"])
+        print(f"saved the integer network to {out} ({seconds:.1f} s)")
+    return 0
+
+
 # ---- doctor -----------------------------------------------------------------------------------
 
 
@@ -406,6 +513,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="build/m3vit_tiny.pt", help="weights file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "quantize",
+        help="post-training quantize a reference model into a golden integer network, evaluate "
+        "it against the float one and save it",
+    )
+    p.add_argument("model", choices=["m3vit"], help="m3vit: the tiny M3ViT on the digits tasks")
+    p.add_argument(
+        "--preset",
+        default="int8",
+        help="int8, w4a8, edge-moe (power-of-two fixed point) or w2a8kv4 (default int8)",
+    )
+    p.add_argument(
+        "--weights", default=None, help="float weights (default: the committed m3vit_tiny.pt)"
+    )
+    p.add_argument(
+        "--calibration", type=integer, default=256, help="calibration images (first N of train)"
+    )
+    p.add_argument(
+        "--test-images", type=integer, default=None, help="held-out images to evaluate (all)"
+    )
+    p.add_argument(
+        "-o", "--out", default=None, help="network file (default build/m3vit_PRESET.npz)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
     add_config_args(p, ENGINES["gemm"].config_class())

@@ -13,7 +13,8 @@ the bit-exact golden units of this package:
   requantization from :func:`tessera.models.attention.requant_for_scale`;
 - GELU: the ROM unit :func:`tessera.models.gelu.gelu`;
 - mixture of experts: :func:`tessera.models.moe.moe_layer` with
-  :meth:`tessera.models.moe.MoeWeights.from_float`.
+  :meth:`tessera.models.moe.MoeWeights.from_float` (or the same calibration under the preset's
+  scale rules).
 
 Number formats (``s_*`` are real scales, a raw value ``q`` stands for ``q * s``)
 ----------------------------------------------------------------------------------
@@ -25,27 +26,49 @@ Number formats (``s_*`` are real scales, a raw value ``q`` stands for ``q * s``)
 - **LayerNorm**: input the residual format, ``gamma``/``beta`` ``<16, param_frac>``, output
   ``<16, ln_out_frac>``, then one requantization to int8 at the calibrated scale of that norm's
   output (for the MoE norm: the MoE layer's ``x_scale``).
-- **Weights**: symmetric, ``weight_bits`` (8, or 4 for ``w4a8``), *per output channel* for the
-  patch embedding and the q/k/v/out/fc1/fc2 projections (the requantization after the GEMM takes
-  one multiplier per column); *per tensor* for the classification heads (one scale, so the int32
-  logits of all classes compare directly and the argmax needs no requantization) and, as
+- **Weights**: symmetric, ``weight_bits`` (8; 4 for ``w4a8``; 2 for ``w2a8kv4``), *per output
+  channel* (per tensor for ``edge-moe``) for the patch embedding and the q/k/v/out/fc1/fc2
+  projections (the requantization after the GEMM takes one multiplier per column); *per
+  tensor* for the classification heads (one scale, so the int32 logits of all classes compare
+  directly and the argmax needs no requantization) and, as
   :meth:`~tessera.models.moe.MoeWeights.from_float` chooses, per gate and per expert matrix in the
   MoE layers. Biases are int32 at the accumulator scale ``s_in * s_w``.
 - **Activations**: int8, symmetric, per tensor: LayerNorm outputs, q, k, v (one scale per
   projection, shared by its heads, as the attention engine takes one score requantization), the
-  attention output (in the scale of v), and the MLP hidden activations after the GELU.
+  attention output (in the scale of v), and the MLP hidden activations after the GELU. k and v
+  are saturated to ``kv_bits`` (4 for ``w2a8kv4``), still in int8 lanes.
 - **GELU**: input and output ``<gelu_bits, gelu_frac>`` of the MoE configuration (the same ROM
   unit serves the dense MLPs and the experts).
 - **Logits**: int32 accumulators of the head (``s_norm * s_head``).
 
 Every requantization rounds with :attr:`~tessera.models.rounding.Rounding.RND_INF` and saturates,
 as the GEMM engine does.
+
+Presets
+-------
+:data:`PRESETS` holds ``int8``, ``w4a8``, ``edge-moe`` (Edge-MoE's fixed-point style: every scale
+rounded up to a power of two, so every tensor is a ``<bits, frac>`` fixed-point number and every
+requantization multiplier a power of two, i.e. a pure shift; per-tensor weights) and ``w2a8kv4``
+(AccLLM: 2-bit weights whose per-channel scale minimises the squared error, int8 activations,
+4-bit keys and values).
+
+File
+----
+:meth:`QuantM3ViT.save` writes the network to one ``.npz`` (arrays plus a JSON ``__meta__`` entry
+with :data:`FILE_FORMAT`, :data:`FILE_VERSION` and a SHA-256 of the arrays), atomically;
+:func:`load_quant_m3vit` reads it back.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
-from dataclasses import dataclass, field
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,19 +78,22 @@ import torch.nn.functional as F
 
 from tessera.models.attention import AttentionConfig, attention, requant_for_scale
 from tessera.models.config import EngineConfig, check_int
-from tessera.models.gelu import gelu
+from tessera.models.gelu import gelu, gelu_float
 from tessera.models.gemm import GemmConfig, Requant, gemm
 from tessera.models.layernorm import LayerNormConfig, layernorm, quantize_params
 from tessera.models.m3vit import LAYERNORM_EPS, M3ViT, M3ViTConfig, MoeLayer
-from tessera.models.moe import MoeConfig, MoeWeights, moe_layer
+from tessera.models.moe import MoeConfig, MoeQuant, MoeWeights, moe_layer
 from tessera.models.quantize import QuantParams, QuantSpec, calibrate, fake_quant_torch, quantize
 from tessera.models.rounding import Overflow, Rounding, quantize_multiplier, requantize, saturate
 
 __all__ = [
+    "FILE_FORMAT",
+    "FILE_VERSION",
     "PRESETS",
     "QuantM3ViT",
     "QuantPreset",
     "float_trace",
+    "load_quant_m3vit",
     "quantize_m3vit",
 ]
 
@@ -77,11 +103,17 @@ FloatArray = npt.NDArray[np.float64]
 _ROUNDING = Rounding.RND_INF
 _OVERFLOW = Overflow.SAT
 _INT32 = (-(1 << 31), (1 << 31) - 1)
+_WEIGHT_SCALES = ("max", "mse")
+
+#: ``format`` and ``version`` in the metadata of a file written by :meth:`QuantM3ViT.save`.
+FILE_FORMAT = "tessera.quant_m3vit"
+FILE_VERSION = 1
+_META_KEY = "__meta__"
 
 
 @dataclass(frozen=True)
 class QuantPreset(EngineConfig):
-    """Bit widths of a quantized M³ViT.
+    """Bit widths and scale rules of a quantized M³ViT.
 
     Parameters
     ----------
@@ -95,6 +127,26 @@ class QuantPreset(EngineConfig):
         Signed width of the fixed-point residual stream (8..16).
     ln_out_bits : int
         Signed width of the LayerNorm outputs before their int8 requantization (8..16).
+    kv_bits : int or None
+        Signed width of the attention keys and values (2..``act_bits``; None means
+        ``act_bits``). They still travel in the attention engine's int8 lanes; only their range
+        shrinks.
+    power_of_two : bool
+        Round every scale up to a power of two, so every requantization is a pure shift
+        (fixed-point formats ``<bits, frac>`` throughout, as Edge-MoE's ``ap_fixed`` datapath).
+    per_channel : bool
+        One weight scale per output channel of the patch embedding and the attention and MLP
+        projections (True) or one per tensor (False).
+    weight_scale : {"max", "mse"}
+        How a weight scale is chosen: cover the largest magnitude (``"max"``), or minimise the
+        squared rounding-plus-clipping error over a grid of clipping ratios (``"mse"``, which
+        matters at 2 bits, where ``"max"`` leaves most weights at zero).
+
+    Notes
+    -----
+    :meth:`to_dict` leaves out ``kv_bits``, ``power_of_two``, ``per_channel`` and
+    ``weight_scale`` when they hold their defaults, so the dict and digest of a preset that only
+    sets widths name only the widths.
     """
 
     name: str = "int8"
@@ -102,6 +154,10 @@ class QuantPreset(EngineConfig):
     act_bits: int = 8
     residual_bits: int = 16
     ln_out_bits: int = 16
+    kv_bits: int | None = None
+    power_of_two: bool = False
+    per_channel: bool = True
+    weight_scale: str = "max"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not 1 <= len(self.name) <= 32:
@@ -110,20 +166,50 @@ class QuantPreset(EngineConfig):
         check_int("act_bits", self.act_bits, 2, 8)
         check_int("residual_bits", self.residual_bits, 8, 16)
         check_int("ln_out_bits", self.ln_out_bits, 8, 16)
+        if self.kv_bits is None:
+            object.__setattr__(self, "kv_bits", self.act_bits)
+        check_int("kv_bits", self.kv_bits, 2, self.act_bits)
+        for flag in ("power_of_two", "per_channel"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.weight_scale not in _WEIGHT_SCALES:
+            raise ValueError(
+                f"weight_scale must be one of {', '.join(_WEIGHT_SCALES)}, "
+                f"got {self.weight_scale!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form; the optional fields are left out at their defaults."""
+        data = super().to_dict()
+        defaults = {
+            "kv_bits": self.act_bits,
+            "power_of_two": False,
+            "per_channel": True,
+            "weight_scale": "max",
+        }
+        for key, default in defaults.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
     @property
     def short_name(self) -> str:
         """Readable, unique name such as ``ptq_int8_w8a8r16_1a2b3c4d5e``."""
+        kv = f"kv{self.kv_bits}" if self.kv_bits != self.act_bits else ""
         return (
-            f"ptq_{self.name}_w{self.weight_bits}a{self.act_bits}r{self.residual_bits}"
+            f"ptq_{self.name}_w{self.weight_bits}a{self.act_bits}{kv}r{self.residual_bits}"
             f"_{self.digest}"
         )
 
 
-#: The named presets: int8 everywhere, and 4-bit weights with int8 activations.
+#: The named presets: int8 everywhere; 4-bit weights with int8 activations; Edge-MoE's
+#: fixed-point style (power-of-two scales, per-tensor weights) on the int8 datapath; and
+#: AccLLM's W2A8KV4 (2-bit weights, int8 activations, 4-bit keys and values).
 PRESETS: dict[str, QuantPreset] = {
     "int8": QuantPreset(),
     "w4a8": QuantPreset(name="w4a8", weight_bits=4),
+    "edge-moe": QuantPreset(name="edge-moe", power_of_two=True, per_channel=False),
+    "w2a8kv4": QuantPreset(name="w2a8kv4", weight_bits=2, kv_bits=4, weight_scale="mse"),
 }
 
 
@@ -141,9 +227,36 @@ def _tensor_params(scale: float, bits: int) -> QuantParams:
     return QuantParams(scale=np.float64(scale), zero_point=np.int64(0), spec=QuantSpec(bits=bits))
 
 
-def _scale_for(max_abs: float, bits: int) -> float:
-    """Symmetric scale covering ``max_abs`` (as :func:`calibrate` computes it)."""
-    return float(calibrate(np.array([max_abs, -max_abs]), QuantSpec(bits=bits)).scale)
+def _scale_for(max_abs: float, bits: int, power_of_two: bool = False) -> float:
+    """Symmetric scale covering ``max_abs`` (as :func:`calibrate` computes it), rounded up to a
+    power of two when ``power_of_two``."""
+    scale = float(calibrate(np.array([max_abs, -max_abs]), QuantSpec(bits=bits)).scale)
+    return float(_pow2_ceil(scale)) if power_of_two else scale
+
+
+def _pow2_ceil(scale: npt.ArrayLike) -> FloatArray:
+    """Smallest powers of two ``>= scale`` (``scale > 0``): the fixed-point LSB covering it."""
+    return np.exp2(np.ceil(np.log2(np.asarray(scale, dtype=np.float64))))
+
+
+def _weight_scales(w: FloatArray, spec: QuantSpec, pre: QuantPreset) -> FloatArray:
+    """Scale of each row of the ``(out, in)`` weight ``w`` (one value repeated when ``spec`` is
+    per tensor), chosen by ``pre.weight_scale`` and rounded up to a power of two when
+    ``pre.power_of_two``."""
+    rows = w if spec.granularity == "channel" else w.reshape(1, -1)
+    base = np.asarray(calibrate(rows, replace(spec, granularity="channel")).scale)
+    if pre.weight_scale == "mse":
+        # Clipping ratios of the max-covering scale; the candidate with the least squared error
+        # (rounding plus clipping) wins, per row.
+        cand = base[:, None] * np.linspace(0.1, 1.0, 91)[None, :]
+        if pre.power_of_two:
+            cand = _pow2_ceil(cand)
+        q = np.clip(np.round(rows[:, None, :] / cand[..., None]), spec.qmin, spec.qmax)
+        err = ((q * cand[..., None] - rows[:, None, :]) ** 2).sum(axis=-1)
+        base = cand[np.arange(len(cand)), err.argmin(axis=1)]
+    elif pre.power_of_two:
+        base = _pow2_ceil(base)
+    return np.broadcast_to(base, (w.shape[0],)).astype(np.float64)
 
 
 def _frac_for(max_abs: float, bits: int, headroom: int = 1) -> int:
@@ -212,13 +325,24 @@ def _quant_linear(
     out_bits: int,
     weight_bits: int,
     per_channel: bool,
+    preset: QuantPreset | None = None,
 ) -> _Linear:
-    """Quantize a torch ``(out, in)`` weight; ``out_scale`` None keeps int32 accumulators."""
+    """Quantize a torch ``(out, in)`` weight; ``out_scale`` None keeps int32 accumulators.
+
+    ``preset`` supplies the scale rules (power-of-two scales, MSE-chosen weight scales); without
+    it the weight scale covers the largest magnitude.
+    """
     w = weight.detach().double().numpy().reshape(weight.shape[0], -1)
     spec = QuantSpec(bits=weight_bits, granularity="channel" if per_channel else "tensor", axis=0)
-    params = calibrate(w, spec)
-    wq = quantize(w, params)
-    w_scale = np.broadcast_to(np.asarray(params.scale, dtype=np.float64), (w.shape[0],)).copy()
+    if preset is None or (not preset.power_of_two and preset.weight_scale == "max"):
+        params = calibrate(w, spec)
+        wq = quantize(w, params)
+        w_scale = np.broadcast_to(np.asarray(params.scale, dtype=np.float64), (w.shape[0],)).copy()
+    else:
+        w_scale = _weight_scales(w, spec, preset)
+        zero = np.zeros(w.shape[0], dtype=np.int64)
+        channel = replace(spec, granularity="channel")
+        wq = quantize(w, QuantParams(scale=w_scale, zero_point=zero, spec=channel))
     acc_scale = x_scale * w_scale
     b = np.zeros(w.shape[0]) if bias is None else bias.detach().double().numpy()
     bq = np.clip(np.round(b / acc_scale), *_INT32).astype(np.int64)
@@ -496,6 +620,51 @@ class QuantM3ViT:
         self._run(self.quantize_images(images), task, trace)
         return trace
 
+    # --- file -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the network to one ``.npz`` file at ``path`` (atomically) and return the path.
+
+        The archive holds every integer tensor, requantization multiplier and shift and
+        per-channel scale as an array, the float network's parameters (for :meth:`fake_quant`)
+        under ``float/``, and a JSON metadata entry (``__meta__``: format, version, the
+        configurations, the preset, the scalar scales and a SHA-256 of all arrays). It is
+        written to a temporary file in the same directory and renamed over ``path``, so a
+        crash never leaves a truncated file. :func:`load_quant_m3vit` reads it back.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "cfg": self.cfg.to_dict(),
+            "preset": dataclasses.asdict(self.preset),
+            "gemm_cfg": self.gemm_cfg.to_dict(),
+            "attn_cfg": self.attn_cfg.to_dict(),
+            "moe_cfg": self.moe_cfg.to_dict(),
+            "res_frac": int(self.res_frac),
+            "in_scale": float(self.in_scale),
+            "patch": _pack_linear(self.patch, "patch", arrays),
+            "blocks": [_pack_block(b, f"blocks.{i}", arrays) for i, b in enumerate(self.blocks)],
+            "norm": _pack_norm(self.norm, "norm", arrays),
+            "heads": [_pack_linear(h, f"heads.{t}", arrays) for t, h in enumerate(self.heads)],
+        }
+        arrays["cls_pos"], arrays["pos"] = self.cls_pos, self.pos
+        for name, value in self.model.state_dict().items():
+            arrays[f"float/{name}"] = value.detach().cpu().numpy()
+        meta["sha256"] = _arrays_digest(arrays)
+        arrays[_META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+        try:
+            with open(partial, "xb") as f:
+                np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
     # --- fake-quantized torch network -------------------------------------------------------
     def fake_quant(self, images: torch.Tensor, task: int) -> torch.Tensor:
         """Float64 logits of the float network with weights and activations fake-quantized
@@ -547,8 +716,8 @@ class QuantM3ViT:
             for blk in self.blocks:
                 h = norm(x, blk.norm1)
                 q = fq(linear(h, blk.q), _out_scale(blk.q))
-                k = fq(linear(h, blk.k), _out_scale(blk.k))
-                v = fq(linear(h, blk.v), _out_scale(blk.v))
+                k = fq(linear(h, blk.k), _out_scale(blk.k), pre.kv_bits)
+                v = fq(linear(h, blk.v), _out_scale(blk.v), pre.kv_bits)
                 q, k, v = (y.view(b, t, cfg.num_heads, hd).transpose(1, 2) for y in (q, k, v))
                 probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hd), dim=-1)
                 mixed = fq(probs @ v, _out_scale(blk.v)).transpose(1, 2).reshape(b, t, d)
@@ -564,6 +733,231 @@ class QuantM3ViT:
                 x = fres(x + y)
             n = norm(x[:, 0], self.norm)
             return linear(n, self.heads[task])
+
+
+# --- file format -----------------------------------------------------------------------------
+# Arrays go into the archive under dotted keys; everything scalar (scales as JSON floats, which
+# round-trip exactly, bit widths, configurations) goes into the JSON metadata.
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _pack_requants(r: _Requants | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    if r is None:
+        return None
+    arrays[f"{key}.multiplier"], arrays[f"{key}.shift"] = r.multiplier, r.shift
+    return {"bits": int(r.bits)}
+
+
+def _unpack_requants(meta: Any, key: str, arrays: Any) -> _Requants | None:
+    if meta is None:
+        return None
+    return _Requants(
+        _int64(arrays[f"{key}.multiplier"]), _int64(arrays[f"{key}.shift"]), int(meta["bits"])
+    )
+
+
+def _pack_linear(lin: _Linear | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    if lin is None:
+        return None
+    arrays[f"{key}.w"], arrays[f"{key}.b"], arrays[f"{key}.w_scale"] = lin.w, lin.b, lin.w_scale
+    return {
+        "x_scale": float(lin.x_scale),
+        "out_scale": None if lin.out_scale is None else float(lin.out_scale),
+        "requant": _pack_requants(lin.requant, f"{key}.requant", arrays),
+    }
+
+
+def _unpack_linear(meta: Any, key: str, arrays: Any) -> _Linear | None:
+    if meta is None:
+        return None
+    return _Linear(
+        _int64(arrays[f"{key}.w"]),
+        _int64(arrays[f"{key}.b"]),
+        np.asarray(arrays[f"{key}.w_scale"], dtype=np.float64),
+        float(meta["x_scale"]),
+        _unpack_requants(meta["requant"], f"{key}.requant", arrays),
+        None if meta["out_scale"] is None else float(meta["out_scale"]),
+    )
+
+
+def _pack_norm(norm: _Norm, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    arrays[f"{key}.gamma"], arrays[f"{key}.beta"] = norm.gamma, norm.beta
+    return {
+        "cfg": norm.cfg.to_dict(),
+        "out_scale": float(norm.out_scale),
+        "requant": _pack_requants(norm.requant, f"{key}.requant", arrays),
+    }
+
+
+def _unpack_norm(meta: Any, key: str, arrays: Any) -> _Norm:
+    requant = _unpack_requants(meta["requant"], f"{key}.requant", arrays)
+    if requant is None:
+        raise ValueError(f"{key} has no requantization")
+    return _Norm(
+        LayerNormConfig.from_dict(meta["cfg"]),
+        _int64(arrays[f"{key}.gamma"]),
+        _int64(arrays[f"{key}.beta"]),
+        float(meta["out_scale"]),
+        requant,
+    )
+
+
+def _pack_moe(moe: MoeWeights | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    if moe is None:
+        return None
+    for name in ("gate", "w1", "b1", "w2", "b2"):
+        arrays[f"{key}.{name}"] = getattr(moe, name)
+    quant: dict[str, Any] = {}
+    for f in dataclasses.fields(moe.quant):
+        value = getattr(moe.quant, f.name)
+        if f.name.endswith("_requant"):
+            quant[f.name] = [[int(r.multiplier), int(r.shift), int(r.zero_point)] for r in value]
+        elif isinstance(value, tuple):
+            quant[f.name] = [float(v) for v in value]
+        else:
+            quant[f.name] = float(value)
+    return quant
+
+
+def _unpack_moe(meta: Any, key: str, arrays: Any) -> MoeWeights | None:
+    if meta is None:
+        return None
+    quant = {
+        name: tuple(Requant(*map(int, r)) for r in value)
+        if name.endswith("_requant")
+        else (tuple(map(float, value)) if isinstance(value, list) else float(value))
+        for name, value in meta.items()
+    }
+    names = ("gate", "w1", "b1", "w2", "b2")
+    return MoeWeights(**{n: _int64(arrays[f"{key}.{n}"]) for n in names}, quant=MoeQuant(**quant))
+
+
+def _pack_block(blk: _Block, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    rq = blk.score_requant
+    return {
+        "norm1": _pack_norm(blk.norm1, f"{key}.norm1", arrays),
+        **{n: _pack_linear(getattr(blk, n), f"{key}.{n}", arrays) for n in _BLOCK_LINEARS},
+        "score_requant": [int(rq.multiplier), int(rq.shift), int(rq.zero_point)],
+        "norm2": _pack_norm(blk.norm2, f"{key}.norm2", arrays),
+        "hidden_requant": _pack_requants(blk.hidden_requant, f"{key}.hidden_requant", arrays),
+        "hidden_scale": float(blk.hidden_scale),
+        "moe": _pack_moe(blk.moe, f"{key}.moe", arrays),
+        "moe_out": _pack_requants(blk.moe_out, f"{key}.moe_out", arrays),
+    }
+
+
+def _unpack_block(meta: Any, key: str, arrays: Any) -> _Block:
+    linears = {n: _unpack_linear(meta[n], f"{key}.{n}", arrays) for n in _BLOCK_LINEARS}
+    for n in ("q", "k", "v", "out"):
+        if linears[n] is None:
+            raise ValueError(f"{key}.{n} is missing")
+    return _Block(
+        norm1=_unpack_norm(meta["norm1"], f"{key}.norm1", arrays),
+        score_requant=Requant(*map(int, meta["score_requant"])),
+        norm2=_unpack_norm(meta["norm2"], f"{key}.norm2", arrays),
+        hidden_requant=_unpack_requants(meta["hidden_requant"], f"{key}.hidden_requant", arrays),
+        hidden_scale=float(meta["hidden_scale"]),
+        moe=_unpack_moe(meta["moe"], f"{key}.moe", arrays),
+        moe_out=_unpack_requants(meta["moe_out"], f"{key}.moe_out", arrays),
+        **linears,  # type: ignore[arg-type]
+    )
+
+
+_BLOCK_LINEARS = ("q", "k", "v", "out", "fc1", "fc2")
+
+
+def _int64(arr: Any) -> IntArray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"expected an integer array, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def load_quant_m3vit(path: str | os.PathLike[str]) -> QuantM3ViT:
+    """Read a network written by :meth:`QuantM3ViT.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file.
+
+    Returns
+    -------
+    QuantM3ViT
+        The integer network, equal in every tensor, scale and configuration to the saved one
+        (so its logits are identical), with its float network restored for
+        :meth:`QuantM3ViT.fake_quant`.
+
+    Raises
+    ------
+    ValueError
+        If there is no file at ``path``, it is not such an archive, it is damaged (its arrays
+        no longer match the recorded SHA-256) or it has another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no quantized M3ViT at {path}; write one with QuantM3ViT.save")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
+        if not isinstance(meta, dict) or meta.get("format") != FILE_FORMAT:
+            raise ValueError(f"format is not {FILE_FORMAT!r}")
+    except Exception as exc:  # any failure to parse means "not this format"
+        raise ValueError(
+            f"{path} is not a readable quantized M3ViT file ({type(exc).__name__}: {exc}); "
+            "write it again with QuantM3ViT.save"
+        ) from None
+    if meta.get("version") != FILE_VERSION:
+        raise ValueError(
+            f"{path} has format version {meta.get('version')!r}, this tessera reads version "
+            f"{FILE_VERSION}; quantize the model again"
+        )
+    if meta.get("sha256") != _arrays_digest(arrays):
+        raise ValueError(f"{path} is damaged: its arrays do not match their recorded SHA-256")
+    try:
+        cfg = M3ViTConfig.from_dict(meta["cfg"])
+        model = M3ViT(cfg)
+        prefix = "float/"
+        state = {
+            k[len(prefix) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)
+        }
+        model.load_state_dict(state)
+        model.eval()
+        return QuantM3ViT(
+            cfg=cfg,
+            preset=QuantPreset.from_dict(meta["preset"]),
+            gemm_cfg=GemmConfig.from_dict(meta["gemm_cfg"]),
+            attn_cfg=AttentionConfig.from_dict(meta["attn_cfg"]),
+            moe_cfg=MoeConfig.from_dict(meta["moe_cfg"]),
+            res_frac=int(meta["res_frac"]),
+            in_scale=float(meta["in_scale"]),
+            patch=_unpack_linear(meta["patch"], "patch", arrays),  # type: ignore[arg-type]
+            cls_pos=_int64(arrays["cls_pos"]),
+            pos=_int64(arrays["pos"]),
+            blocks=tuple(
+                _unpack_block(b, f"blocks.{i}", arrays) for i, b in enumerate(meta["blocks"])
+            ),
+            norm=_unpack_norm(meta["norm"], "norm", arrays),
+            heads=tuple(
+                _unpack_linear(h, f"heads.{t}", arrays)  # type: ignore[misc]
+                for t, h in enumerate(meta["heads"])
+            ),
+            model=model,
+        )
+    except Exception as exc:  # inconsistent contents despite a valid digest
+        raise ValueError(
+            f"{path} holds an inconsistent quantized M3ViT ({type(exc).__name__}: {exc}); "
+            "write it again with QuantM3ViT.save"
+        ) from None
 
 
 def _out_scale(lin: _Linear) -> float:
@@ -601,6 +995,68 @@ def _fake_moe(
     return fq(out, q.y_scale).reshape(h.shape)
 
 
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+def _moe_weights(
+    cfg: MoeConfig, params: dict[str, FloatArray], calibration: FloatArray, pre: QuantPreset
+) -> MoeWeights:
+    """:meth:`MoeWeights.from_float` under the scale rules of ``pre``.
+
+    The same calibration (input scale over ``calibration``, each expert's hidden scale over its
+    GELU outputs, one output scale over every expert's outputs), with every weight scale chosen
+    per matrix by ``pre.weight_scale`` and every scale rounded up to a power of two when
+    ``pre.power_of_two``.
+    """
+    wspec = QuantSpec(bits=cfg.weight_bits)
+
+    def per_matrix(stack: FloatArray) -> tuple[IntArray, FloatArray]:
+        # One scale per (in, out) matrix: the torch (out, in) layout is its transpose.
+        scales = np.array([_weight_scales(m.T, wspec, pre)[0] for m in stack])
+        bits = cfg.weight_bits
+        q = np.stack(
+            [quantize(m, _tensor_params(s, bits)) for m, s in zip(stack, scales, strict=True)]
+        )
+        return q, scales
+
+    def act(x: FloatArray) -> float:
+        return _scale_for(float(np.abs(x).max()), cfg.act_bits, pre.power_of_two)
+
+    gate_q, gate_scale = per_matrix(params["gate"])
+    w1_q, w1_scale = per_matrix(params["w1"])
+    w2_q, w2_scale = per_matrix(params["w2"])
+    x_scale = act(calibration)
+    x_deq = quantize(calibration, _tensor_params(x_scale, cfg.act_bits)) * x_scale
+    lo, hi = cfg.bias_range
+    b1_q = np.clip(np.round(params["b1"] / (x_scale * w1_scale[:, None])), lo, hi)
+    hidden_scale = np.empty(cfg.experts)
+    outputs = []
+    for e in range(cfg.experts):
+        h = gelu_float(x_deq @ (w1_q[e] * w1_scale[e]) + b1_q[e] * x_scale * w1_scale[e])
+        hidden_scale[e] = act(h)
+        outputs.append(h @ (w2_q[e] * w2_scale[e]) + params["b2"][e])
+    y_scale = act(np.stack(outputs))
+    b2_q = np.clip(np.round(params["b2"] / (hidden_scale * w2_scale)[:, None]), lo, hi)
+    quant = MoeQuant.from_scales(
+        cfg,
+        x_scale=x_scale,
+        y_scale=y_scale,
+        gate_scale=gate_scale,
+        w1_scale=w1_scale,
+        hidden_scale=hidden_scale,
+        w2_scale=w2_scale,
+    )
+    return MoeWeights(
+        gate=gate_q,
+        w1=w1_q,
+        b1=b1_q.astype(np.int64),
+        w2=w2_q,
+        b2=b2_q.astype(np.int64),
+        quant=quant,
+    )
+
+
 def quantize_m3vit(
     model: M3ViT,
     cfg: M3ViTConfig,
@@ -636,12 +1092,27 @@ def quantize_m3vit(
         raise ValueError("calibration_images must hold at least one image")
     model.eval()
     rec = _calibrate(model, calibration_images)
-    ab, wb = pre.act_bits, pre.weight_bits
+    ab, wb, kvb = pre.act_bits, pre.weight_bits, pre.kv_bits
+    pow2, per_channel = pre.power_of_two, pre.per_channel
     d = cfg.embed_dim
+
+    def act_scale(name: str, bits: int = ab) -> float:
+        return _scale_for(rec.max_abs[name], bits, pow2)
+
+    def linear(
+        layer: torch.nn.Module,
+        x_scale: float,
+        out_scale: float | None,
+        out_bits: int,
+        channel: bool = per_channel,
+    ) -> _Linear:
+        return _quant_linear(
+            layer.weight, layer.bias, x_scale, out_scale, out_bits, wb, channel, pre
+        )
 
     res_frac = _frac_for(rec.max_abs["residual"], pre.residual_bits)
     res = 2.0**-res_frac
-    in_scale = _scale_for(float(calibration_images.abs().max()), ab)
+    in_scale = _scale_for(float(calibration_images.abs().max()), ab, pow2)
     gemm_cfg = GemmConfig(
         rows=16, cols=16, acc_bits=32, out_bits=ab, dim_bits=16, rounding=_ROUNDING
     )
@@ -686,39 +1157,42 @@ def quantize_m3vit(
         return _Norm(ln_cfg, g, bq, out_scale, _Requants.of(2.0**-out_frac / out_scale, ab))
 
     conv = model.patch_embed
-    patch = _quant_linear(conv.weight, conv.bias, in_scale, res, pre.residual_bits, wb, True)
+    patch = linear(conv, in_scale, res, pre.residual_bits)
     pos = tensor(model.pos_embed)[0]
     cls_pos = np.clip(np.round((tensor(model.cls_token)[0, 0] + pos[0]) / res), -(2**15), 2**15 - 1)
     pos_q = np.clip(np.round(pos[1:] / res), -(2**15), 2**15 - 1)
 
     blocks = []
     for i, block in enumerate(model.blocks):
-        s_n1 = _scale_for(rec.max_abs[f"block{i}.norm1"], ab)
+        s_n1 = act_scale(f"block{i}.norm1")
         norm1 = make_norm(block.norm1, s_n1, f"block{i}.norm1")
-        scales = {p: _scale_for(rec.max_abs[f"block{i}.{p}"], ab) for p in ("q", "k", "v")}
+        # q keeps act_bits; k and v take kv_bits (still int8 lanes in the attention engine).
+        bits = {"q": ab, "k": kvb, "v": kvb}
+        scales = {p: act_scale(f"block{i}.{p}", bits[p]) for p in ("q", "k", "v")}
         attn = block.attn
-        q, k, v = (
-            _quant_linear(
-                getattr(attn, p).weight, getattr(attn, p).bias, s_n1, scales[p], ab, wb, True
-            )
-            for p in ("q", "k", "v")
-        )
-        out = _quant_linear(
-            attn.out.weight, attn.out.bias, scales["v"], res, pre.residual_bits, wb, True
-        )
+        q, k, v = (linear(getattr(attn, p), s_n1, scales[p], bits[p]) for p in ("q", "k", "v"))
+        out = linear(attn.out, scales["v"], res, pre.residual_bits)
         score_rq = requant_for_scale(scales["q"] * scales["k"] / math.sqrt(cfg.head_dim), attn_cfg)
+        if pow2 and not _is_power_of_two(score_rq.multiplier):
+            raise ValueError(
+                f"preset {pre.name!r} needs power-of-two scales, but the attention score scale "
+                f"1/sqrt(head_dim) is not one for head_dim={cfg.head_dim}: use a head_dim that "
+                "is a power of 4 (e.g. 16 or 64) or a preset with power_of_two=False"
+            )
         ffn = block.ffn
         if isinstance(ffn, MoeLayer):
             calib = torch.cat(rec.tensors[f"block{i}.norm2"]).double().numpy()
-            moe = MoeWeights.from_float(
-                moe_cfg,
-                gate=np.stack([tensor(g.weight).T for g in ffn.gates]),
-                w1=np.stack([tensor(e.fc1.weight).T for e in ffn.experts]),
-                b1=np.stack([tensor(e.fc1.bias) for e in ffn.experts]),
-                w2=np.stack([tensor(e.fc2.weight).T for e in ffn.experts]),
-                b2=np.stack([tensor(e.fc2.bias) for e in ffn.experts]),
-                calibration=calib,
-            )
+            params = {
+                "gate": np.stack([tensor(g.weight).T for g in ffn.gates]),
+                "w1": np.stack([tensor(e.fc1.weight).T for e in ffn.experts]),
+                "b1": np.stack([tensor(e.fc1.bias) for e in ffn.experts]),
+                "w2": np.stack([tensor(e.fc2.weight).T for e in ffn.experts]),
+                "b2": np.stack([tensor(e.fc2.bias) for e in ffn.experts]),
+            }
+            if not pow2 and pre.weight_scale == "max":
+                moe = MoeWeights.from_float(moe_cfg, **params, calibration=calib)
+            else:
+                moe = _moe_weights(moe_cfg, params, calib, pre)
             norm2 = make_norm(block.norm2, moe.quant.x_scale, f"block{i}.norm2")
             blocks.append(
                 _Block(
@@ -728,14 +1202,12 @@ def quantize_m3vit(
                 )
             )  # fmt: skip
         else:
-            s_n2 = _scale_for(rec.max_abs[f"block{i}.norm2"], ab)
+            s_n2 = act_scale(f"block{i}.norm2")
             norm2 = make_norm(block.norm2, s_n2, f"block{i}.norm2")
             gelu_scale = 2.0**-moe_cfg.gelu_frac
-            fc1 = _quant_linear(
-                ffn.fc1.weight, ffn.fc1.bias, s_n2, gelu_scale, moe_cfg.gelu_bits, wb, True
-            )
-            s_h = _scale_for(rec.max_abs[f"block{i}.hidden"], ab)
-            fc2 = _quant_linear(ffn.fc2.weight, ffn.fc2.bias, s_h, res, pre.residual_bits, wb, True)
+            fc1 = linear(ffn.fc1, s_n2, gelu_scale, moe_cfg.gelu_bits)
+            s_h = act_scale(f"block{i}.hidden")
+            fc2 = linear(ffn.fc2, s_h, res, pre.residual_bits)
             blocks.append(
                 _Block(
                     norm1, q, k, v, out, score_rq, norm2,
@@ -745,9 +1217,10 @@ def quantize_m3vit(
                     fc2=fc2,
                 )
             )  # fmt: skip
-    s_norm = _scale_for(rec.max_abs["norm"], ab)
+    s_norm = act_scale("norm")
     norm = make_norm(model.norm, s_norm, "norm")
-    heads = tuple(_quant_linear(h.weight, h.bias, s_norm, None, 32, wb, False) for h in model.heads)
+    # Heads keep one weight scale per tensor: the int32 logits of all classes compare directly.
+    heads = tuple(linear(h, s_norm, None, 32, channel=False) for h in model.heads)
     return QuantM3ViT(
         cfg=cfg,
         preset=pre,
