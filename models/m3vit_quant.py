@@ -82,7 +82,8 @@ from tessera.models.gelu import gelu, gelu_float
 from tessera.models.gemm import GemmConfig, Requant, gemm
 from tessera.models.layernorm import LayerNormConfig, layernorm, quantize_params
 from tessera.models.m3vit import LAYERNORM_EPS, M3ViT, M3ViTConfig, MoeLayer
-from tessera.models.moe import MoeConfig, MoeQuant, MoeWeights, moe_layer
+from tessera.models.moe import MoeConfig, MoeQuant, MoeWeights, expert_ffn, moe_layer, route
+from tessera.models.moe import _combine as moe_combine
 from tessera.models.quantize import QuantParams, QuantSpec, calibrate, fake_quant_torch, quantize
 from tessera.models.rounding import Overflow, Rounding, quantize_multiplier, requantize, saturate
 
@@ -531,7 +532,11 @@ class QuantM3ViT:
         x = pixels.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5)
         return x.reshape(b * (h // p) * (w // p), c * p * p)
 
-    def _run(self, pixels: IntArray, task: int, trace: dict[str, IntArray] | None) -> IntArray:
+    # Stages of the network, each a bit-exact integer function (the host runtime places them on
+    # devices one by one; _run chains them).
+    def embed(self, pixels: IntArray) -> IntArray:
+        """int8 pixels ``(batch, C, H, W)`` -> the residual stream ``(batch, tokens, dim)``:
+        patch GEMM requantized into the residual format, cls token and positions added."""
         cfg, rbits = self.cfg, self.preset.residual_bits
         b = pixels.shape[0]
         t, d = cfg.num_tokens, cfg.embed_dim
@@ -539,46 +544,109 @@ class QuantM3ViT:
         x = np.empty((b, t, d), dtype=np.int64)
         x[:, 0] = self.cls_pos
         x[:, 1:] = saturate(emb + self.pos, rbits, True)
+        return x
+
+    def attention_block(self, block: int, x: IntArray) -> IntArray:
+        """``x + out(attention(q, k, v))`` of encoder block ``block`` on the residual stream."""
+        cfg, blk = self.cfg, self.blocks[block]
+        b, t, d = x.shape
+        hd = cfg.head_dim
+        h = blk.norm1(x).reshape(b * t, d)
+        q, k, v = (
+            lin(h, self.gemm_cfg).reshape(b, t, cfg.num_heads, hd).transpose(0, 2, 1, 3)
+            for lin in (blk.q, blk.k, blk.v)
+        )
+        mixed = np.empty_like(q)
+        for img in range(b):
+            for head in range(cfg.num_heads):
+                mixed[img, head] = attention(
+                    q[img, head][None],
+                    k[img, head][None],
+                    v[img, head][None],
+                    self.attn_cfg,
+                    blk.score_requant,
+                )[0]
+        mixed = mixed.transpose(0, 2, 1, 3).reshape(b * t, d)
+        y = blk.out(mixed, self.gemm_cfg).reshape(b, t, d)
+        return saturate(x + y, self.preset.residual_bits, True)
+
+    def mlp_block(self, block: int, x: IntArray) -> IntArray:
+        """``x + fc2(GELU(fc1(norm2(x))))`` of a dense block."""
+        blk = self.blocks[block]
+        if blk.moe is not None:
+            raise ValueError(f"block {block} is a mixture-of-experts block: use the moe_* stages")
+        b, t, d = x.shape
+        h = blk.norm2(x)
+        pre = blk.fc1(h.reshape(b * t, d), self.gemm_cfg)  # type: ignore[misc]
+        hidden = blk.hidden_requant(gelu(pre, self.moe_cfg.gelu))  # type: ignore[misc]
+        y = blk.fc2(hidden, self.gemm_cfg).reshape(b, t, d)  # type: ignore[misc]
+        return saturate(x + y, self.preset.residual_bits, True)
+
+    def _moe(self, block: int) -> MoeWeights:
+        moe = self.blocks[block].moe
+        if moe is None:
+            raise ValueError(f"block {block} is a dense block: use mlp_block")
+        return moe
+
+    def moe_norm(self, block: int, x: IntArray) -> IntArray:
+        """int8 tokens ``norm2(x)`` that MoE block ``block`` routes."""
+        self._moe(block)
+        return self.blocks[block].norm2(x)
+
+    def moe_gates(self, block: int, h: IntArray, task: int) -> IntArray:
+        """Gate weights ``(batch, tokens, experts)`` of task ``task``: the softmax weight of each
+        selected expert (``gate_frac`` fraction bits), 0 for the others."""
+        moe = self._moe(block)
+        gates = np.zeros((*h.shape[:2], self.moe_cfg.experts), dtype=np.int64)
+        for img in range(h.shape[0]):
+            r = route(h[img], moe, task, self.moe_cfg)
+            np.put_along_axis(gates[img], r.experts, r.weights, axis=1)
+        return gates
+
+    def moe_expert(self, block: int, expert: int, h: IntArray, gates: IntArray) -> IntArray:
+        """Expert ``expert``'s weighted contribution ``gate * y_e`` (int64, ``(batch, tokens,
+        dim)``, 0 for tokens not routed to it): the sum over experts is the MoE accumulator."""
+        moe = self._moe(block)
+        out = np.zeros(h.shape, dtype=np.int64)
+        for img in range(h.shape[0]):
+            tokens = np.flatnonzero(gates[img, :, expert])
+            if tokens.size:
+                y = expert_ffn(h[img][tokens], moe, expert, self.moe_cfg)
+                out[img, tokens] = gates[img, tokens, expert][:, None] * y
+        return out
+
+    def moe_combine(self, block: int, x: IntArray, acc: IntArray) -> IntArray:
+        """``x + moe_out(round(acc / 2**gate_frac))``: the MoE output into the residual stream."""
+        self._moe(block)
+        y = self.blocks[block].moe_out(moe_combine(acc, self.moe_cfg))  # type: ignore[misc]
+        return saturate(x + y, self.preset.residual_bits, True)
+
+    def head(self, x: IntArray, task: int) -> IntArray:
+        """int32 logits of task ``task`` from the residual stream (final norm on the cls token)."""
+        return self.heads[task](self.norm(x[:, 0]), self.gemm_cfg)
+
+    def _run(self, pixels: IntArray, task: int, trace: dict[str, IntArray] | None) -> IntArray:
+        x = self.embed(pixels)
         if trace is not None:
             trace["embed"] = x.copy()
-        hd = cfg.head_dim
         for i, blk in enumerate(self.blocks):
-            h = blk.norm1(x).reshape(b * t, d)
-            q, k, v = (
-                lin(h, self.gemm_cfg).reshape(b, t, cfg.num_heads, hd).transpose(0, 2, 1, 3)
-                for lin in (blk.q, blk.k, blk.v)
-            )
-            mixed = np.empty_like(q)
-            for img in range(b):
-                for head in range(cfg.num_heads):
-                    mixed[img, head] = attention(
-                        q[img, head][None],
-                        k[img, head][None],
-                        v[img, head][None],
-                        self.attn_cfg,
-                        blk.score_requant,
-                    )[0]
-            mixed = mixed.transpose(0, 2, 1, 3).reshape(b * t, d)
-            x = saturate(x + blk.out(mixed, self.gemm_cfg).reshape(b, t, d), rbits, True)
+            x = self.attention_block(i, x)
             if trace is not None:
                 trace[f"block{i}.attn"] = x.copy()
-            h = blk.norm2(x)
             if blk.moe is not None:
+                h = self.moe_norm(i, x)
                 y = np.stack(
-                    [moe_layer(h[img], blk.moe, task, self.moe_cfg)[0] for img in range(b)]
+                    [moe_layer(h[img], blk.moe, task, self.moe_cfg)[0] for img in range(len(h))]
                 )
                 y = blk.moe_out(y)  # type: ignore[misc]
+                x = saturate(x + y, self.preset.residual_bits, True)
             else:
-                pre = blk.fc1(h.reshape(b * t, d), self.gemm_cfg)  # type: ignore[misc]
-                hidden = blk.hidden_requant(gelu(pre, self.moe_cfg.gelu))  # type: ignore[misc]
-                y = blk.fc2(hidden, self.gemm_cfg).reshape(b, t, d)  # type: ignore[misc]
-            x = saturate(x + y, rbits, True)
+                x = self.mlp_block(i, x)
             if trace is not None:
                 trace[f"block{i}.out"] = x.copy()
-        n = self.norm(x[:, 0])
-        logits = self.heads[task](n, self.gemm_cfg)
+        logits = self.head(x, task)
         if trace is not None:
-            trace["norm"] = n
+            trace["norm"] = self.norm(x[:, 0])
             trace["logits"] = logits
         return logits
 

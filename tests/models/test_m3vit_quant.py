@@ -138,6 +138,30 @@ def test_moe_layers_equal_moe_layer(setup: tuple) -> None:
                 np.testing.assert_array_equal(trace[f"block{i}.out"][img], expected)
 
 
+def test_stages_compose_to_the_network(setup: tuple) -> None:
+    """embed / attention / MLP / per-expert MoE stages / head chained equal the whole network,
+    and the per-expert contributions sum to the queued MoE layer's accumulator."""
+    _, cfg, _, test, qm = setup
+    images = test.images[:6]
+    for task in range(cfg.num_tasks):
+        x = qm.embed(qm.quantize_images(images))
+        for i, blk in enumerate(qm.blocks):
+            x = qm.attention_block(i, x)
+            if blk.moe is None:
+                x = qm.mlp_block(i, x)
+                continue
+            h = qm.moe_norm(i, x)
+            gates = qm.moe_gates(i, h, task)
+            assert (np.count_nonzero(gates, axis=-1) <= cfg.top_k).all()
+            acc = sum(qm.moe_expert(i, e, h, gates) for e in range(cfg.num_experts))
+            x = qm.moe_combine(i, x, acc)
+        np.testing.assert_array_equal(qm.head(x, task), qm.forward(images, task))
+    with pytest.raises(ValueError, match="mixture-of-experts block"):
+        qm.mlp_block(cfg.moe_layers[0], x)
+    with pytest.raises(ValueError, match="dense block"):
+        qm.moe_norm(0, x)
+
+
 def test_w4a8_preset(setup: tuple) -> None:
     model, cfg, train, test, _ = setup
     qm4 = quantize_m3vit(model, cfg, train.images[:CALIBRATION], "w4a8")
