@@ -1,0 +1,97 @@
+"""One encoder block of the quantized tiny M³ViT on a real digits image, every arithmetic op on
+RTL (LayerNorm, Epilogue, LinearUnit, AttentionEngine), bit-exact on Icarus and Verilator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tessera.models.m3vit import digits_tasks, load_m3vit
+from tessera.models.m3vit_quant import quantize_m3vit
+from tessera.sim.encoder import (
+    block_program,
+    encoder_design,
+    first_difference,
+    run_program_golden,
+    simulate_encoder_layer,
+)
+
+#: RTL ops of a dense block: 2 x (norm + requant), q, k, v, one attention per head, out, fc1, fc2.
+RTL_OPS = ["norm1", "norm1.rq", "q", "k", "v", "attn.h0", "attn.h1", "out", "norm2", "norm2.rq",
+           "fc1", "fc2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, cfg = load_m3vit()
+    train, test = digits_tasks()
+    qm = quantize_m3vit(model, cfg, train.images[:64], "int8")
+    return qm, test.images
+
+
+@pytest.mark.parametrize(
+    ("sim", "stalls"),
+    [
+        ("icarus", 0.0),
+        ("verilator", 0.0),
+        pytest.param("verilator", 0.3, marks=pytest.mark.slow, id="verilator-stalls"),
+    ],
+)
+def test_block0_bit_exact_on_rtl(setup, sim: str, stalls: float) -> None:
+    qm, images = setup
+    result = simulate_encoder_layer(
+        qm, images[3], block=0, task=0, sim=sim, idle=stalls, backpressure=stalls, seed=7
+    )
+    assert [op.name for op in result.ops] == RTL_OPS
+    for op in result.ops:
+        assert op.passed, f"{sim} {op.name}: {op.message}"
+        assert op.cycles > 0
+    assert result.trace_checks == {"block0.attn": True, "block0.out": True}
+    assert result.passed and result.first_mismatch is None
+    # The RTL's block output is the quantized network's own trace for this image.
+    trace = qm.per_layer_outputs(images[3:4], 0)
+    np.testing.assert_array_equal(result.outputs["fc2"], trace["block0.out"][0])
+    if stalls:
+        return
+    # GEMM cycles: ceil(17/4) x ceil(N/4) tiles of K beats, within a few cycles of the drain.
+    gemm = {op.name: op.engine_cycles for op in result.ops if op.kind == "linear"}
+    assert gemm["q"] >= 5 * 8 * 32 and gemm["fc1"] >= 5 * 16 * 32 and gemm["fc2"] >= 5 * 8 * 64
+    by_op = result.cycles_by_op()
+    assert by_op["fc1"] - gemm["fc1"] <= 16  # the fused epilogue costs only its latency
+    assert result.cycles == sum(by_op.values())
+
+
+def test_golden_program_is_the_network(setup) -> None:
+    """The program the RTL runs, executed on the golden units, is the network's block 2 too."""
+    qm, images = setup
+    trace = qm.per_layer_outputs(images[:1], 1)
+    program, arrays = block_program(qm, 2)
+    design = encoder_design(qm, 2, qm.gemm_cfg)
+    tensors = run_program_golden(program, arrays, design, trace["block1.out"][0])
+    np.testing.assert_array_equal(tensors["out"], trace["block2.attn"][0])
+    np.testing.assert_array_equal(tensors["fc2"], trace["block2.out"][0])
+
+
+def test_bad_requests(setup) -> None:
+    qm, images = setup
+    with pytest.raises(ValueError, match="MoE"):
+        simulate_encoder_layer(qm, images[0], block=1, sim="icarus")
+    with pytest.raises(ValueError, match="block"):
+        simulate_encoder_layer(qm, images[0], block=9, sim="icarus")
+    with pytest.raises(ValueError, match="image"):
+        simulate_encoder_layer(qm, images[:2], block=0, sim="icarus")
+
+
+def test_first_difference_names_the_element() -> None:
+    want = np.zeros((3, 4), dtype=np.int64)
+    got = want.copy()
+    assert first_difference("q", got, want) is None
+    got[1, 2], got[2, 0] = -7, 9
+    assert first_difference("q", got, want) == {
+        "tensor": "q",
+        "token": 1,
+        "column": 2,
+        "expected": 0,
+        "received": -7,
+    }
+    assert first_difference("q", got[:2], want)["received"] == [2, 4]
