@@ -252,7 +252,14 @@ class Device(ABC):
         return int(data.nbytes) if hasattr(data, "nbytes") else int(np.asarray(data).nbytes)
 
     # --- public verbs ------------------------------------------------------------------------
-    def copy_in(self, array: npt.ArrayLike, *, label: str = "", ready_at: float = 0.0) -> Future:
+    def copy_in(
+        self,
+        array: npt.ArrayLike,
+        *,
+        label: str = "",
+        ready_at: float = 0.0,
+        nbytes: int | None = None,
+    ) -> Future:
         """Copy a host array to the device.
 
         Parameters
@@ -263,6 +270,9 @@ class Device(ABC):
             Name for the timeline.
         ready_at : float
             Modelled time at which the host data exists (e.g. when another device produced it).
+        nbytes : int, optional
+            Bytes the transfer moves on the link (default ``array.nbytes``): the packed size when
+            the host holds the data wider than the device does (int8 values in int64 arrays).
 
         Returns
         -------
@@ -272,8 +282,9 @@ class Device(ABC):
 
         def work() -> Buffer:
             data = self._to_device(host)
-            end = self._occupy("copy_in", label, ready_at, self.link.transfer_seconds(host.nbytes))
-            return Buffer(self, data, int(host.nbytes), end, label)
+            size = int(host.nbytes if nbytes is None else nbytes)
+            end = self._occupy("copy_in", label, ready_at, self.link.transfer_seconds(size))
+            return Buffer(self, data, size, end, label)
 
         return self._submit(work, label)
 

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from tessera.host.device import Buffer, Device, Op
 
-__all__ = ["Graph", "GraphRun", "Node", "QFormat", "run_graph"]
+__all__ = ["Graph", "GraphRun", "Node", "QFormat", "run_graph", "wire_bytes"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,13 @@ class GraphRun:
     finish: float
 
 
+def wire_bytes(shape: tuple[int, ...], fmt: QFormat | None) -> int:
+    """Bytes an integer value of ``shape`` takes on a link, packed to whole bytes per element of
+    its format (the host holds raw integers as int64)."""
+    width = 8 if fmt is None else -(-fmt.bits // 8)
+    return int(np.prod(shape, dtype=np.int64)) * width
+
+
 def _convert(
     value: npt.NDArray[Any], fmt: QFormat | None, src: str, dst: str, name: str
 ) -> npt.NDArray[Any]:
@@ -191,6 +198,8 @@ def run_graph(
             arr, ready = np.asarray(feeds[name]), 0.0
         else:
             buf: Buffer = produced[name].result()
+            if src_domain == "int":
+                buf.nbytes = wire_bytes(np.shape(buf.data), graph.formats[name])
             arr, ready = dev.copy_out_timed(buf).result()
             transfers += 1
         host_copy[(name, src_domain)] = (arr, ready)
@@ -210,7 +219,8 @@ def run_graph(
             fut = produced[name]
         else:
             arr, ready = host_value(name, device.domain)
-            fut = device.copy_in(arr, label=name, ready_at=ready)
+            size = wire_bytes(arr.shape, graph.formats[name]) if device.domain == "int" else None
+            fut = device.copy_in(arr, label=name, ready_at=ready, nbytes=size)
             transfers += 1
         on_device[key] = fut
         return fut

@@ -51,6 +51,8 @@ class M3ViTOp(Op):
         Integer stage and its cycle count, both on raw integer inputs.
     run_float : callable
         ``run_float(model, *tensors)``: the float stage with the model on the tensors' device.
+    out_shape : tuple of int
+        Output shape per image (the batch dimension comes first).
     """
 
     def __init__(
@@ -61,14 +63,20 @@ class M3ViTOp(Op):
         run_int: Callable[..., IntArray],
         run_float: Callable[..., torch.Tensor],
         cycles: Callable[..., int],
+        out_shape: tuple[int, ...],
     ) -> None:
         self.name = name
+        self._out_shape = out_shape
         self.kind = kind
         self._model = model
         self._int = run_int
         self._float = run_float
         self._cycles = cycles
         self._models: dict[str, M3ViT] = {}
+
+    def out_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of the output for ``batch`` images."""
+        return (batch, *self._out_shape)
 
     def run_int(self, *inputs: IntArray) -> IntArray:
         """Bit-exact integer stage."""
@@ -121,8 +129,10 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
         run_int: Callable[..., IntArray],
         run_float: Callable[..., torch.Tensor],
         cycles: Callable[..., int],
+        out_shape: tuple[int, ...] = (t, d),
     ) -> str:
-        nodes.append(Node(M3ViTOp(name, kind, model, run_int, run_float, cycles), inputs, fmt))
+        op = M3ViTOp(name, kind, model, run_int, run_float, cycles, out_shape)
+        nodes.append(Node(op, inputs, fmt))
         return name
 
     def ln_cycles(rows: int, norm: Any) -> int:
@@ -211,6 +221,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             lambda hr, runs=engine_runs: sum(
                 r["load_gate_fetch"] + r["gate_gemm"] + r["route"] for r in runs(hr)
             ),
+            (t, cfg.num_experts),
         )
         experts = []
         for e in range(cfg.num_experts):
@@ -264,5 +275,6 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             ln_cycles(len(xr), qm.norm)
             + gemm_cycles(len(xr), cfg.classes_per_task[task], d, gcfg).cycles
         ),
+        (cfg.classes_per_task[task],),
     )
     return Graph(nodes, {"images": QFormat(qm.in_scale, qm.preset.act_bits)})

@@ -36,17 +36,30 @@ class CostNode:
         host).
     seconds : Mapping[str, float]
         Modelled run time per device name; a device missing here cannot run the op.
-    out_bytes : int
-        Size of the output when it must cross to another device or back to the host.
-    in_bytes : int
+    out_bytes : int or Mapping[str, int]
+        Size of the output when it crosses to another device or back to the host; a mapping
+        gives the size per device (a value is wider in float on a GPU than packed on an FPGA).
+    in_bytes : int or Mapping[str, int]
         Bytes it reads from the host (graph inputs); 0 if none.
     """
 
     name: str
     inputs: tuple[str, ...]
     seconds: Mapping[str, float]
-    out_bytes: int
-    in_bytes: int = 0
+    out_bytes: int | Mapping[str, int]
+    in_bytes: int | Mapping[str, int] = 0
+
+    def out_size(self, device: str) -> int:
+        """Bytes of the output as ``device`` holds it."""
+        return _size(self.out_bytes, device)
+
+    def in_size(self, device: str) -> int:
+        """Bytes of the graph input it reads, as ``device`` holds it."""
+        return _size(self.in_bytes, device)
+
+
+def _size(value: int | Mapping[str, int], device: str) -> int:
+    return int(value) if isinstance(value, int) else int(value[device])
 
 
 @dataclass
@@ -99,12 +112,14 @@ def schedule(graph: CostGraph, placement: Mapping[str, str]) -> float:
 
     Rules (the ones :class:`~tessera.host.device.Device` applies): each device runs its work in
     the order of the graph; a graph input is copied in over the device's link; an output read on
-    another device is copied out over the producer's link and in over the consumer's; every copy
-    occupies its device's queue; results the host needs are copied out at the end.
+    another device is copied out over the producer's link once and into each consumer device
+    once; every copy occupies its device's queue; results the host needs are copied out at the
+    end.
     """
     free = dict.fromkeys(graph.links, 0.0)
     done: dict[str, float] = {}  # op -> time its output is valid on its device
     on_host: dict[str, float] = {}  # op -> time its output is on the host
+    copied: dict[tuple[str, str], float] = {}  # (op, device) -> time its output arrived there
 
     def occupy(device: str, ready: float, seconds: float) -> float:
         start = max(free[device], ready)
@@ -117,26 +132,28 @@ def schedule(graph: CostGraph, placement: Mapping[str, str]) -> float:
             raise ValueError(f"op {node.name!r} cannot run on {dev!r}")
         link = graph.links[dev]
         ready = 0.0
-        if node.in_bytes:
-            ready = occupy(dev, 0.0, link.transfer_seconds(node.in_bytes))
+        if node.in_size(dev):
+            ready = occupy(dev, 0.0, link.transfer_seconds(node.in_size(dev)))
         for src in node.inputs:
             src_dev = placement[src]
             if src_dev == dev:
                 ready = max(ready, done[src])
                 continue
+            src_node = graph.nodes[graph.index[src]]
             if src not in on_host:
-                src_node = graph.nodes[graph.index[src]]
-                on_host[src] = occupy(
-                    src_dev, done[src], graph.links[src_dev].transfer_seconds(src_node.out_bytes)
-                )
-            src_bytes = graph.nodes[graph.index[src]].out_bytes
-            ready = max(ready, occupy(dev, on_host[src], link.transfer_seconds(src_bytes)))
+                out = graph.links[src_dev].transfer_seconds(src_node.out_size(src_dev))
+                on_host[src] = occupy(src_dev, done[src], out)
+            if (src, dev) not in copied:  # a value is copied into a device once
+                into = link.transfer_seconds(src_node.out_size(dev))
+                copied[(src, dev)] = occupy(dev, on_host[src], into)
+            ready = max(ready, copied[(src, dev)])
         done[node.name] = occupy(dev, ready, node.seconds[dev])
     end = 0.0
     for name in graph.outputs:
         dev = placement[name]
         node = graph.nodes[graph.index[name]]
-        end = max(end, occupy(dev, done[name], graph.links[dev].transfer_seconds(node.out_bytes)))
+        out = graph.links[dev].transfer_seconds(node.out_size(dev))
+        end = max(end, occupy(dev, done[name], out))
     return end
 
 

@@ -64,13 +64,22 @@ class DevicePool:
     devices : sequence of Device
         The pool (at least one; names must be unique).
     timeout : float, optional
-        Seconds one request may take on one device before that device is declared hung.
+        Seconds one request may take on one device before that device is declared hung. The
+        clock starts when the device takes the request: a device holds at most ``per_device``
+        requests at once, so time spent waiting for a device never counts.
     max_inflight : int
         Requests in flight at once over the whole pool (threads that wait on devices).
+    per_device : int
+        Requests one device works on at once.
     """
 
     def __init__(
-        self, devices: Sequence[Device], *, timeout: float | None = None, max_inflight: int = 16
+        self,
+        devices: Sequence[Device],
+        *,
+        timeout: float | None = None,
+        max_inflight: int = 16,
+        per_device: int = 1,
     ) -> None:
         if not devices:
             raise ValueError("a device pool needs at least one device")
@@ -82,7 +91,11 @@ class DevicePool:
         self.devices = list(devices)
         self.timeout = timeout
         self.stats = PoolStats(per_device=dict.fromkeys(names, 0))
+        if per_device < 1:
+            raise ValueError(f"per_device must be >= 1, got {per_device}")
+        self.per_device = per_device
         self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)  # signalled when a device slot frees up
         self._inflight = dict.fromkeys(names, 0)
         self._healthy = set(names)
         # Attempts run on their own threads so a hung device never blocks the dispatcher.
@@ -96,31 +109,36 @@ class DevicePool:
             return [d for d in self.devices if d.name in self._healthy]
 
     def _pick(self, tried: set[str], accepts: Callable[[Device], bool] | None) -> Device:
-        with self._lock:
-            usable = [
-                d
-                for d in self.devices
-                if d.name in self._healthy
-                and d.name not in tried
-                and (accepts is None or accepts(d))
-            ]
-            if not usable:
+        with self._free:
+            while True:
                 usable = [
                     d
                     for d in self.devices
                     if d.name in self._healthy and (accepts is None or accepts(d))
                 ]
-            if not usable:
-                reasons = "; ".join(f"{k}: {v}" for k, v in self.stats.failed_devices.items())
-                raise NoDeviceError(f"no healthy device can take the request ({reasons or 'none'})")
-            device = min(usable, key=lambda d: self._inflight[d.name])
-            self._inflight[device.name] += 1
-            return device
+                if not usable:
+                    reasons = "; ".join(f"{k}: {v}" for k, v in self.stats.failed_devices.items())
+                    raise NoDeviceError(
+                        f"no healthy device can take the request ({reasons or 'none'})"
+                    )
+                # Prefer devices this request has not failed on, then the least busy.
+                free = [d for d in usable if self._inflight[d.name] < self.per_device]
+                if free:
+                    device = min(free, key=lambda d: (d.name in tried, self._inflight[d.name]))
+                    self._inflight[device.name] += 1
+                    return device
+                self._free.wait()
+
+    def _release(self, device: Device) -> None:
+        with self._free:
+            self._inflight[device.name] -= 1
+            self._free.notify_all()
 
     def _fail(self, device: Device, reason: str) -> None:
-        with self._lock:
+        with self._free:
             self._healthy.discard(device.name)
             self.stats.failed_devices.setdefault(device.name, reason)
+            self._free.notify_all()
 
     def _serve(
         self, fn: Callable[[Device, Any], T], item: Any, accepts: Callable[[Device], bool] | None
@@ -140,13 +158,13 @@ class DevicePool:
                 self._fail(device, str(exc) or type(exc).__name__)
             else:
                 with self._lock:
-                    self._inflight[device.name] -= 1
                     self.stats.delivered += 1
                     self.stats.per_device[device.name] += 1
+                self._release(device)
                 return value
             with self._lock:
-                self._inflight[device.name] -= 1
                 self.stats.retries += 1
+            self._release(device)
 
     def _count_late(self, attempt: Future) -> None:
         if not attempt.cancelled() and attempt.exception() is None:
