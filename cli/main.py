@@ -430,6 +430,84 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- run --------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from tessera.host.device import LINKS
+    from tessera.host.session import MODELS, Session
+    from tessera.models.m3vit import digits_tasks
+    from tessera.models.m3vit_quant import PRESETS
+
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.link is not None and args.link not in LINKS:
+        raise UsageError(f"unknown link {args.link!r}; choose one of {', '.join(LINKS)}")
+    for name, value in (("--batch", args.batch), ("--images", args.images)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be >= 1, got {value}")
+    devices = [d for d in args.devices.split(",") if d]
+    _, test = digits_tasks()
+    count = len(test) if args.images is None else min(args.images, len(test))
+    images, labels = test.images[:count], test.labels[:count].numpy()
+    tasks = range(2) if args.task == "all" else [int(args.task)]
+    try:
+        session = Session(
+            args.model, devices, preset=args.preset, clock_mhz=args.clock_mhz, link=args.link
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    results = {}
+    with session:
+        for task in tasks:
+            batches = [images[i : i + args.batch] for i in range(0, count, args.batch)]
+            logits = np.concatenate(
+                session.run_batches(batches, task, progress=not args.json, total=len(batches))
+            )
+            with torch.no_grad():
+                ref = session.qmodel.model(images, task).numpy()
+            results[task] = {
+                "accuracy": float((logits.argmax(-1) == labels[:, task]).mean()),
+                "float_accuracy": float((ref.argmax(-1) == labels[:, task]).mean()),
+                "agreement_with_float": float((logits.argmax(-1) == ref.argmax(-1)).mean()),
+                "mean_abs_error": float(np.abs(logits - ref).mean()),
+            }
+        report = {"model": args.model, "preset": args.preset, "images": count, "tasks": results}
+        report.update(session.report())
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{args.model} ({args.preset}) on {', '.join(d['name'] for d in report['devices'])}")
+    for task, r in results.items():
+        print(
+            f"task {task}: accuracy {100 * r['accuracy']:.2f} % (float "
+            f"{100 * r['float_accuracy']:.2f} %), agreement with float "
+            f"{100 * r['agreement_with_float']:.2f} % over {count} images"
+        )
+    for plan in report["plans"]:
+        counts: dict[str, int] = {}
+        for dev in plan["placement"].values():
+            counts[dev] = counts.get(dev, 0) + 1
+        where = ", ".join(f"{n} ops on {d}" for d, n in counts.items())
+        print(
+            f"plan task {plan['task']} batch {plan['batch']}: {where}; predicted "
+            f"{1e6 * plan['predicted_seconds']:.1f} us per batch"
+        )
+    rate = report["modelled_images_per_second"]
+    print(
+        f"modelled {1e3 * report['modelled_seconds']:.3f} ms for {report['images']} images "
+        f"({rate:,.0f} images/s); host wall time {report['wall_seconds']:.2f} s"
+    )
+    if report["failed"]:
+        print(f"failed devices (work re-run elsewhere): {report['failed']}")
+    return 0
+
+
 # ---- doctor -----------------------------------------------------------------------------------
 
 
@@ -539,6 +617,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser(
+        "run", help="run a model on a mix of devices (placed by the cost model) over the test split"
+    )
+    p.add_argument("--model", default="m3vit-tiny", help="built-in model (m3vit-tiny)")
+    p.add_argument(
+        "--devices", default="cpu,fpga:emu", help="comma-separated: cpu, cuda[:N], fpga:emu[N]"
+    )
+    p.add_argument("--task", default="all", choices=["0", "1", "all"])
+    p.add_argument("--preset", default="int8", help="quantization preset")
+    p.add_argument("--images", type=integer, default=None, help="first N test images (all)")
+    p.add_argument("--batch", type=integer, default=16)
+    p.add_argument("--clock-mhz", type=float, default=300.0, help="FPGA engine clock")
+    p.add_argument("--link", default=None, help="FPGA host link (pcie3x4, zynqmp-hp, ...)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
     add_config_args(p, ENGINES["gemm"].config_class())

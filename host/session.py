@@ -138,7 +138,6 @@ class Session:
             if link not in LINKS:
                 raise ValueError(f"unknown link {link!r}: use one of {', '.join(LINKS)}")
             link = LINKS[link]
-        self.qmodel = _load_model(model, preset, calibration)
         if not devices:
             raise ValueError("a session needs at least one device")
         self.devices = [
@@ -147,6 +146,7 @@ class Session:
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ValueError(f"device names must be unique, got {names}")
+        self.qmodel = _load_model(model, preset, calibration)
         self._graphs: dict[int, Graph] = {}
         self._plans: dict[tuple[int, int], Plan] = {}
         self._healthy = set(names)
