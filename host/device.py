@@ -324,7 +324,50 @@ class Device(ABC):
         DeviceError
             Through the future, if the op raised or exceeded the device's timeout.
         """
-        if not op.supports(self.domain):
+        self._check_step(op, inputs)
+        return self._submit(lambda: self._step(op, inputs), op.name)
+
+    def run_many(
+        self, steps: Sequence[tuple[Op, Sequence[Buffer | int | Callable[[], Buffer]]]]
+    ) -> Future:
+        """Run several ops as one submission (one queue hand-off for the lot).
+
+        Parameters
+        ----------
+        steps : sequence of (op, inputs)
+            Each input is a :class:`Buffer` on this device, the index of an earlier step whose
+            output it reads, or a callable returning a buffer that work submitted to this
+            device *earlier* produces (so it is ready when the steps run).
+
+        Returns
+        -------
+        Future of list of Buffer
+            One output per step. Errors are those of :meth:`run`.
+        """
+        for i, (op, inputs) in enumerate(steps):
+            self._check_step(op, [b for b in inputs if isinstance(b, Buffer)])
+            if any(isinstance(b, int) and not 0 <= b < i for b in inputs):
+                raise ValueError(f"step {i} ({op.name}) reads a step that does not precede it")
+
+        def resolve(ref: Buffer | int | Callable[[], Buffer], outs: list[Buffer]) -> Buffer:
+            if isinstance(ref, Buffer):
+                return ref
+            if isinstance(ref, int):
+                return outs[ref]
+            buf = ref()
+            self._check_owner(buf)
+            return buf
+
+        def work() -> list[Buffer]:
+            outs: list[Buffer] = []
+            for op, inputs in steps:
+                outs.append(self._step(op, [resolve(b, outs) for b in inputs]))
+            return outs
+
+        return self._submit(work, steps[0][0].name if steps else "")
+
+    def _check_step(self, op: Op, inputs: Sequence[Buffer]) -> None:
+        if not self.can_run(op):
             raise ValueError(
                 f"{op.kind} op {op.name!r} has no {self.domain} implementation; place it on a "
                 f"device of another domain"
@@ -332,22 +375,24 @@ class Device(ABC):
         for b in inputs:
             self._check_owner(b)
 
-        def work() -> Buffer:
-            start_wall = time.perf_counter()
-            try:
-                data, seconds = self._execute(op, [b.data for b in inputs])
-            except DeviceError:
-                raise
-            except Exception as exc:  # the op's own failure: report it as this device's
-                raise DeviceError(self.name, f"{op.name} failed: {exc}") from exc
-            wall = time.perf_counter() - start_wall
-            if self.timeout is not None and wall > self.timeout:
-                raise DeviceError(self.name, f"{op.name} took {wall:.3f} s > {self.timeout} s")
-            ready = max((b.ready_at for b in inputs), default=0.0)
-            end = self._occupy("run", op.name, ready, seconds, wall)
-            return Buffer(self, data, self._nbytes(data), end, op.name)
+    def can_run(self, op: Op) -> bool:
+        """Whether this device can run ``op``."""
+        return op.supports(self.domain)
 
-        return self._submit(work, op.name)
+    def _step(self, op: Op, inputs: Sequence[Buffer]) -> Buffer:
+        start_wall = time.perf_counter()
+        try:
+            data, seconds = self._execute(op, [b.data for b in inputs])
+        except DeviceError:
+            raise
+        except Exception as exc:  # the op's own failure: report it as this device's
+            raise DeviceError(self.name, f"{op.name} failed: {exc}") from exc
+        wall = time.perf_counter() - start_wall
+        if self.timeout is not None and wall > self.timeout:
+            raise DeviceError(self.name, f"{op.name} took {wall:.3f} s > {self.timeout} s")
+        ready = max((b.ready_at for b in inputs), default=0.0)
+        end = self._occupy("run", op.name, ready, seconds, wall)
+        return Buffer(self, data, self._nbytes(data), end, op.name)
 
     def synchronize(self, timeout: float | None = None) -> None:
         """Block until all work submitted before this call has finished."""
