@@ -30,6 +30,7 @@ zero points of 0 (every tensor is symmetric: a zero point would not survive the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,14 +57,18 @@ from tessera.models.softmax import SoftmaxConfig, softmax
 __all__ = [
     "DEFAULT_BUS_BYTES",
     "MoeConfig",
+    "MoeImage",
+    "MoeImageLayout",
     "MoeQuant",
     "MoeRouting",
     "MoeWeights",
     "expert_ffn",
+    "moe_image_layout",
     "moe_layer",
     "moe_layer_float",
     "moe_layer_naive",
     "moe_traffic",
+    "moe_weight_image",
     "route",
     "select_top_k",
 ]
@@ -125,6 +130,9 @@ class MoeConfig(EngineConfig):
         Rounding of every requantization.
     overflow : Overflow
         Overflow handling of every requantization.
+    bus_bytes : int
+        Data width of the engine's AXI4 weight-read port in bytes (1..64, a power of two): one
+        beat of a weight fetch, and the default of :func:`moe_traffic`.
     """
 
     dim: int = 32
@@ -151,6 +159,7 @@ class MoeConfig(EngineConfig):
     gelu_step_log2: int = 5
     rounding: Rounding = Rounding.RND_INF
     overflow: Overflow = Overflow.SAT
+    bus_bytes: int = DEFAULT_BUS_BYTES
 
     def __post_init__(self) -> None:
         check_int("dim", self.dim, 1, 4096)
@@ -175,6 +184,12 @@ class MoeConfig(EngineConfig):
         check_int("gelu_step_log2", self.gelu_step_log2, 0, 12)
         check_int("gelu_frac", self.gelu_frac, self.gelu_step_log2, self.gelu_bits - 1)
         check_int("gelu_rom_entries", self.gelu_rom_entries, 2, 4096)
+        check_int("bus_bytes", self.bus_bytes, 1, 64)
+        if self.bus_bytes & (self.bus_bytes - 1):
+            raise ValueError(
+                f"bus_bytes must be a power of two in [1, 64] (an AXI4 data width), "
+                f"got {self.bus_bytes}"
+            )
         self._coerce_modes()
         # The derived unit configs check the combinations; name this config's fields on failure.
         try:
@@ -957,7 +972,7 @@ def _gemm_cycles(m: int, n: int, k: int, cfg: MoeConfig) -> int:
 
 
 def moe_traffic(
-    routing: MoeRouting, cfg: MoeConfig, *, bus_bytes: int = DEFAULT_BUS_BYTES
+    routing: MoeRouting, cfg: MoeConfig, *, bus_bytes: int | None = None
 ) -> dict[str, Any]:
     """Weight bytes loaded and cycles of one layer call, with per-expert queues and without.
 
@@ -983,8 +998,8 @@ def moe_traffic(
         Routing of the call (from :func:`moe_layer` or :func:`route`).
     cfg : MoeConfig
         Layer configuration.
-    bus_bytes : int, default 16
-        Weight-load bus width, bytes per cycle (1..4096).
+    bus_bytes : int, optional
+        Weight-load bus width, bytes per cycle (1..4096); default ``cfg.bus_bytes``.
 
     Returns
     -------
@@ -998,6 +1013,8 @@ def moe_traffic(
     """
     if not isinstance(routing, MoeRouting):
         raise ValueError(f"routing must be a MoeRouting, got {type(routing).__name__}")
+    if bus_bytes is None:
+        bus_bytes = cfg.bus_bytes
     check_int("bus_bytes", bus_bytes, 1, 4096)
     if routing.top_k != cfg.top_k or len(routing.queue_tokens) != cfg.experts:
         raise ValueError(
@@ -1053,3 +1070,232 @@ def moe_traffic(
         "weight_bytes_ratio": naive_bytes / queued_bytes,
         "cycles_ratio": naive_cycles / queued_cycles,
     }
+
+
+# --- weight image in external memory ---------------------------------------------------------
+
+PAGE_BYTES = 4096
+"""AXI4 bursts must not cross a 4 KB boundary; every image region starts on one."""
+REQUANT_WORD_BYTES = 8
+"""A requantization in the image: multiplier (uint32 LE) then shift (uint32 LE)."""
+BIAS_BYTES = 4
+"""A bias in the image: int32 little-endian (sign-extended from ``acc_bits``)."""
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+@dataclass(frozen=True)
+class MoeImageLayout:
+    """Byte layout of the weight image the ``MoeEngine`` fetches (all offsets in bytes).
+
+    The image holds ``tasks`` gate regions, then ``experts`` expert regions. Region ``i`` of a
+    kind starts at ``first + i * stride`` with ``stride`` a multiple of 4096, so with a 4 KB
+    aligned base no region shares a page with another and bursts of at most
+    :attr:`burst_beats` beats, aligned to them inside a region, never cross a 4 KB boundary.
+
+    Weight matrices (``K x N``, ``(in, out)`` layout) are stored **tile-major**, in the order
+    the ``rows x cols`` array consumes them: for each output tile ``j`` of ``cols`` columns, for
+    each ``k``, the ``cols`` weights ``W[k, j*cols : (j+1)*cols]`` (one signed byte each, also
+    when ``weight_bits < 8``; columns past ``N`` are 0). Biases are padded to whole tiles the
+    same way. A requantization is 8 bytes: multiplier then shift, uint32 little-endian each.
+
+    Gate region of task ``t`` (at :meth:`MoeImage.gate_offset`)::
+
+        +0                 gate requant (multiplier, shift)
+        +gate_weights      G[t] tile-major: ceil(experts/cols) * dim * cols bytes
+        ... zero padding to gate_bytes (a whole number of bus beats)
+
+    Expert region of expert ``e`` (at :meth:`MoeImage.expert_offset`)::
+
+        +0                 W1 requant, +8 hidden requant, +16 W2 requant
+        +b1                b1: ceil(hidden/cols) * cols int32
+        +b2                b2: ceil(dim/cols) * cols int32
+        +w1                W1 tile-major: ceil(hidden/cols) * dim * cols bytes
+        +w2                W2 tile-major: ceil(dim/cols) * hidden * cols bytes
+        ... zero padding to expert_bytes
+
+    Attributes
+    ----------
+    bus_bytes : int
+        Beat width of the fetch bus.
+    burst_beats : int
+        Longest burst: ``min(256, 4096 / bus_bytes)`` beats.
+    gate_weights : int
+        Offset of the gate matrix in a gate region (after its requant word).
+    gate_bytes : int
+        Bytes one gate fetch reads (the region rounded up to whole beats).
+    b1, b2, w1, w2 : int
+        Offsets inside an expert region (the three requant words are at 0, 8 and 16).
+    expert_bytes : int
+        Bytes one expert fetch reads.
+    gate_stride, expert_stride : int
+        Distance between consecutive regions of a kind (multiples of 4096).
+    experts_first : int
+        Offset of expert 0's region (after all gate regions).
+    total_bytes : int
+        Size of the whole image.
+    """
+
+    bus_bytes: int
+    burst_beats: int
+    gate_weights: int
+    gate_bytes: int
+    b1: int
+    b2: int
+    w1: int
+    w2: int
+    expert_bytes: int
+    gate_stride: int
+    expert_stride: int
+    experts_first: int
+    total_bytes: int
+
+    @property
+    def gate_beats(self) -> int:
+        """Bus beats of one gate fetch."""
+        return self.gate_bytes // self.bus_bytes
+
+    @property
+    def expert_beats(self) -> int:
+        """Bus beats of one expert fetch."""
+        return self.expert_bytes // self.bus_bytes
+
+    def bursts(self, nbytes: int) -> list[int]:
+        """Beats of each burst of a fetch of ``nbytes`` (a region), in order."""
+        beats = nbytes // self.bus_bytes
+        full, rest = divmod(beats, self.burst_beats)
+        return [self.burst_beats] * full + ([rest] if rest else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (for the register map)."""
+        return dataclasses.asdict(self)
+
+
+def moe_image_layout(cfg: MoeConfig) -> MoeImageLayout:
+    """The weight image layout of ``cfg`` (see :class:`MoeImageLayout`)."""
+    c, bb = cfg.cols, cfg.bus_bytes
+    tiles_e = -(-cfg.experts // c)
+    tiles_h = -(-cfg.expert_hidden // c)
+    tiles_d = -(-cfg.dim // c)
+    gate_weights = REQUANT_WORD_BYTES
+    gate_bytes = _round_up(gate_weights + tiles_e * cfg.dim * c, bb)
+    b1 = 3 * REQUANT_WORD_BYTES
+    b2 = b1 + tiles_h * c * BIAS_BYTES
+    w1 = b2 + tiles_d * c * BIAS_BYTES
+    w2 = w1 + tiles_h * cfg.dim * c
+    expert_bytes = _round_up(w2 + tiles_d * cfg.expert_hidden * c, bb)
+    gate_stride = _round_up(gate_bytes, PAGE_BYTES)
+    expert_stride = _round_up(expert_bytes, PAGE_BYTES)
+    experts_first = cfg.tasks * gate_stride
+    return MoeImageLayout(
+        bus_bytes=bb,
+        burst_beats=min(256, PAGE_BYTES // bb),
+        gate_weights=gate_weights,
+        gate_bytes=gate_bytes,
+        b1=b1,
+        b2=b2,
+        w1=w1,
+        w2=w2,
+        expert_bytes=expert_bytes,
+        gate_stride=gate_stride,
+        expert_stride=expert_stride,
+        experts_first=experts_first,
+        total_bytes=experts_first + cfg.experts * expert_stride,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class MoeImage:
+    """The byte image of a layer's weights in external memory (see :class:`MoeImageLayout`).
+
+    Attributes
+    ----------
+    data : bytes
+        The whole image; place it at a 4096-byte aligned base address.
+    layout : MoeImageLayout
+        Offsets and sizes.
+    """
+
+    data: bytes
+    layout: MoeImageLayout
+
+    @property
+    def gate_bytes(self) -> int:
+        """Bytes one gate fetch reads."""
+        return self.layout.gate_bytes
+
+    @property
+    def expert_bytes(self) -> int:
+        """Bytes one expert fetch reads."""
+        return self.layout.expert_bytes
+
+    def gate_offset(self, task: int) -> int:
+        """Byte offset of task ``task``'s gate region."""
+        return int(task) * self.layout.gate_stride
+
+    def expert_offset(self, expert: int) -> int:
+        """Byte offset of expert ``expert``'s region."""
+        return self.layout.experts_first + int(expert) * self.layout.expert_stride
+
+
+def _tile_major(w: IntArray, cols: int) -> bytes:
+    """``(K, N)`` weights as ``ceil(N/cols)`` tiles of ``K x cols`` signed bytes."""
+    k, n = w.shape
+    tiles = -(-n // cols)
+    padded = np.zeros((k, tiles * cols), dtype=np.int64)
+    padded[:, :n] = w
+    return padded.reshape(k, tiles, cols).transpose(1, 0, 2).astype(np.int8).tobytes()
+
+
+def _biases(b: IntArray, cols: int) -> bytes:
+    padded = np.zeros(_round_up(len(b), cols), dtype=np.int64)
+    padded[: len(b)] = b
+    return padded.astype("<i4").tobytes()
+
+
+def _requant_word(rq: Requant) -> bytes:
+    return np.array([rq.multiplier, rq.shift], dtype="<u4").tobytes()
+
+
+def moe_weight_image(weights: MoeWeights, cfg: MoeConfig) -> MoeImage:
+    """Lay out every gate and expert of ``weights`` as the engine reads them from DRAM.
+
+    Weights narrower than 8 bits are stored one per byte (sign-extended); the packed storage
+    :func:`moe_traffic` assumes would need an unpacker in front of the array.
+
+    Parameters
+    ----------
+    weights : MoeWeights
+        Layer weights (checked against ``cfg``).
+    cfg : MoeConfig
+        Layer and engine configuration (``cols`` sets the tiling, ``bus_bytes`` the padding).
+
+    Returns
+    -------
+    MoeImage
+        ``layout.total_bytes`` bytes.
+    """
+    weights.check(cfg)
+    layout = moe_image_layout(cfg)
+    image = bytearray(layout.total_bytes)
+    q = weights.quant
+    c = cfg.cols
+
+    def put(offset: int, blob: bytes) -> None:
+        image[offset : offset + len(blob)] = blob
+
+    for t in range(cfg.tasks):
+        base = t * layout.gate_stride
+        put(base, _requant_word(q.gate_requant[t]))
+        put(base + layout.gate_weights, _tile_major(weights.gate[t], c))
+    for e in range(cfg.experts):
+        base = layout.experts_first + e * layout.expert_stride
+        for i, rq in enumerate((q.w1_requant[e], q.hidden_requant[e], q.w2_requant[e])):
+            put(base + i * REQUANT_WORD_BYTES, _requant_word(rq))
+        put(base + layout.b1, _biases(weights.b1[e], c))
+        put(base + layout.b2, _biases(weights.b2[e], c))
+        put(base + layout.w1, _tile_major(weights.w1[e], c))
+        put(base + layout.w2, _tile_major(weights.w2[e], c))
+    return MoeImage(data=bytes(image), layout=layout)

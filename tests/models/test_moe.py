@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tessera.estimators.moe_cycles import gemm_tile_cycles, moe_engine_cycles
 from tessera.models.gelu import gelu
 from tessera.models.gemm import Requant
 from tessera.models.moe import (
@@ -21,10 +22,12 @@ from tessera.models.moe import (
     MoeQuant,
     MoeWeights,
     expert_ffn,
+    moe_image_layout,
     moe_layer,
     moe_layer_float,
     moe_layer_naive,
     moe_traffic,
+    moe_weight_image,
     route,
     select_top_k,
 )
@@ -489,3 +492,173 @@ def test_input_validation() -> None:
         moe_traffic(route(x, weights, 0, TINY), dataclasses.replace(TINY, top_k=1))
     with pytest.raises(ValueError, match="bus_bytes"):
         moe_traffic(route(x, weights, 0, TINY), TINY, bus_bytes=0)
+
+
+# --- bus width, weight image and engine cycle model --------------------------------------------
+
+IMAGE_CONFIGS = [
+    MoeConfig(dim=8, experts=4, expert_hidden=8, top_k=2, tasks=2, max_tokens=32, rows=2, cols=4),
+    MoeConfig(dim=12, experts=5, expert_hidden=10, top_k=1, tasks=3, rows=3, cols=3, bus_bytes=1),
+    MoeConfig(dim=48, experts=6, expert_hidden=40, tasks=2, cols=16, bus_bytes=64, weight_bits=4),
+]
+
+
+@pytest.mark.parametrize("bad", [0, 3, 12, 128])
+def test_bus_bytes_must_be_a_power_of_two_up_to_64(bad):
+    with pytest.raises(ValueError, match="bus_bytes"):
+        dataclasses.replace(TINY, bus_bytes=bad)
+
+
+def test_traffic_defaults_to_the_config_bus_width():
+    weights, x = _random_layer(TINY, 3, 17)
+    routing = route(x, weights, 0, TINY)
+    wide = dataclasses.replace(TINY, bus_bytes=64)
+    assert moe_traffic(routing, wide) == moe_traffic(routing, TINY, bus_bytes=64)
+    assert moe_traffic(routing, TINY) == moe_traffic(routing, wide, bus_bytes=16)
+    assert (
+        moe_traffic(routing, wide)["queued_load_cycles"]
+        < moe_traffic(routing, TINY)["queued_load_cycles"]
+    )
+
+
+def _parse_image(image, cfg: MoeConfig) -> dict[str, np.ndarray]:
+    """Read the weights back from the image, from the layout's documented offsets alone."""
+    lay = image.layout
+    data = np.frombuffer(image.data, dtype=np.uint8)
+    c = cfg.cols
+
+    def requant(at: int) -> Requant:
+        mult, shift = np.frombuffer(image.data[at : at + 8], dtype="<u4")
+        return Requant(int(mult), int(shift))
+
+    def matrix(at: int, k: int, n: int) -> np.ndarray:
+        tiles = -(-n // c)
+        raw = data[at : at + tiles * k * c].view(np.int8).astype(np.int64)
+        return raw.reshape(tiles, k, c).transpose(1, 0, 2).reshape(k, tiles * c)[:, :n]
+
+    def biases(at: int, n: int) -> np.ndarray:
+        return np.frombuffer(image.data[at : at + 4 * n], dtype="<i4").astype(np.int64)
+
+    d, h, e = cfg.dim, cfg.expert_hidden, cfg.experts
+    out: dict[str, list] = {k: [] for k in ("gate", "w1", "b1", "w2", "b2", "rq")}
+    for t in range(cfg.tasks):
+        base = image.gate_offset(t)
+        out["rq"].append(requant(base))
+        out["gate"].append(matrix(base + lay.gate_weights, d, e))
+    for x in range(e):
+        base = image.expert_offset(x)
+        out["rq"].extend(requant(base + 8 * i) for i in range(3))
+        out["b1"].append(biases(base + lay.b1, h))
+        out["b2"].append(biases(base + lay.b2, d))
+        out["w1"].append(matrix(base + lay.w1, d, h))
+        out["w2"].append(matrix(base + lay.w2, h, d))
+    return {k: (np.stack(v) if k != "rq" else v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("cfg", IMAGE_CONFIGS, ids=["small", "odd", "wide"])
+def test_weight_image_round_trips_and_keeps_bursts_inside_pages(cfg):
+    weights, _ = _random_layer(cfg, 11, 9)
+    image = moe_weight_image(weights, cfg)
+    lay = image.layout
+    assert lay == moe_image_layout(cfg)
+    assert len(image.data) == lay.total_bytes
+    back = _parse_image(image, cfg)
+    for name in ("gate", "w1", "b1", "w2", "b2"):
+        np.testing.assert_array_equal(back[name], getattr(weights, name), err_msg=name)
+    q = weights.quant
+    want = list(q.gate_requant)
+    for e in range(cfg.experts):
+        want += [q.w1_requant[e], q.hidden_requant[e], q.w2_requant[e]]
+    assert back["rq"] == want
+    # whole beats per fetch, regions on 4 KB pages, bursts never crossing one
+    assert lay.gate_bytes % cfg.bus_bytes == 0 and lay.expert_bytes % cfg.bus_bytes == 0
+    assert lay.gate_bytes <= lay.gate_stride and lay.expert_bytes <= lay.expert_stride
+    assert lay.burst_beats * cfg.bus_bytes <= 4096 and lay.burst_beats <= 256
+    regions = [(image.gate_offset(t), lay.gate_bytes) for t in range(cfg.tasks)]
+    regions += [(image.expert_offset(e), lay.expert_bytes) for e in range(cfg.experts)]
+    for start, size in regions:
+        assert start % 4096 == 0
+        address = start
+        for beats in lay.bursts(size):
+            end = address + beats * cfg.bus_bytes
+            assert address // 4096 == (end - 1) // 4096
+            address = end
+        assert address == start + size
+    # padding past the used bytes of each region is zero
+    assert not any(image.data[image.expert_offset(0) + lay.expert_bytes : image.expert_offset(1)])
+
+
+def test_weight_image_stores_narrow_weights_one_per_byte():
+    cfg = IMAGE_CONFIGS[2]  # weight_bits = 4
+    weights, _ = _random_layer(cfg, 12, 5)
+    image = moe_weight_image(weights, cfg)
+    w1 = np.frombuffer(image.data, dtype=np.int8)[
+        image.expert_offset(0) + image.layout.w1 : image.expert_offset(0) + image.layout.w2
+    ]
+    assert w1.min() >= -8 and w1.max() <= 7 and w1.min() < 0
+    assert (
+        image.expert_bytes
+        > moe_traffic(route(np.zeros((1, cfg.dim), int), weights, 0, cfg), cfg)["expert_bytes"]
+    )
+
+
+def test_weight_image_rejects_weights_of_another_config():
+    weights, _ = _random_layer(TINY, 13, 4)
+    with pytest.raises(ValueError, match="weights are for"):
+        moe_weight_image(weights, dataclasses.replace(TINY, dim=16))
+
+
+ENGINE = IMAGE_CONFIGS[0]
+
+
+def test_engine_cycle_model_breakdown_adds_up_and_follows_the_schedule():
+    weights, x = _random_layer(ENGINE, 14, 17)
+    routing = route(x, weights, 1, ENGINE)
+    model = moe_engine_cycles(routing, ENGINE, mem_latency=3)
+    parts = ("load_gate_fetch", "gate_gemm", "route", "experts", "output")
+    assert model["cycles"] == sum(model[p] for p in parts)
+    lay = moe_image_layout(ENGINE)
+    # one burst per fetch here: beats + address cycle + latency
+    assert model["gate_fetch"] == lay.gate_beats + 1 + 3
+    fetch = lay.expert_beats + 1 + 3
+    assert model["expert_fetch"] == len(routing.loaded_experts) * fetch
+    # tiles: K + rows_in_tile + 2 cycles each; 17 tokens on 2 rows: 8 full tiles and one of 1
+    assert gemm_tile_cycles(17, 4, 8, ENGINE) == 8 * (8 + 2 + 2) + (8 + 1 + 2)
+    assert gemm_tile_cycles(3, 8, 8, ENGINE) == 2 * ((8 + 2 + 2) + (8 + 1 + 2))
+    assert model["output"] == 17 * 2 + 2 and model["macs_per_cycle"] == 8
+    # the gate fetch hides behind the 34-beat token load
+    assert model["load_gate_fetch"] == 17 * 2 + 1
+    # the ping-pong schedule: experts in order, each fetched into the bank freed by the expert
+    # two before it, computed once fetched and once the previous one is done
+    steps = model["per_expert"]
+    assert [p["expert"] for p in steps] == list(routing.loaded_experts)
+    for j, p in enumerate(steps):
+        assert p["filled"] == p["fetch_start"] + fetch + 2
+        assert p["compute_start"] >= p["filled"] + 1
+        if j:
+            before = steps[j - 1]
+            assert p["fetch_start"] >= before["filled"]
+            assert p["compute_start"] >= before["compute_start"] + before["compute"] + 1
+        if j >= 2:
+            two_before = steps[j - 2]
+            assert p["fetch_start"] >= two_before["compute_start"] + two_before["compute"]
+    # overlap: faster than fetching and computing one after the other, never faster than either
+    assert model["expert_compute"] < model["experts"]
+    assert model["experts"] < model["expert_fetch"] + model["expert_compute"]
+    # a longer memory latency delays the first expert by the whole difference, later ones less
+    slower = moe_engine_cycles(routing, ENGINE, mem_latency=10)
+    extra = slower["cycles"] - model["cycles"]
+    assert 7 <= extra <= 7 * len(routing.loaded_experts)
+
+
+def test_engine_cycle_model_rejects_bad_arguments():
+    weights, x = _random_layer(ENGINE, 15, 4)
+    routing = route(x, weights, 0, ENGINE)
+    with pytest.raises(ValueError, match="mem_latency"):
+        moe_engine_cycles(routing, ENGINE, mem_latency=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        moe_engine_cycles(routing, dataclasses.replace(ENGINE, top_k=1))
+    with pytest.raises(ValueError, match="multiple of cols"):
+        moe_engine_cycles(routing, dataclasses.replace(ENGINE, cols=3))
+    with pytest.raises(ValueError, match="MoeRouting"):
+        moe_engine_cycles("routing", ENGINE)
