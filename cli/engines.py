@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import enum
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -410,4 +411,89 @@ ENGINES["attention"] = EngineSpec(
     make_cases=_attention_cases,
     simulate=_attention_simulate,
     csim=_attention_csim,
+)
+
+
+# --- moe --------------------------------------------------------------------------------------
+
+
+def _moe_case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", type=integer, default=17, help="tokens in the layer call")
+    p.add_argument("--task", type=integer, default=0, help="task whose gate routes the tokens")
+    p.add_argument(
+        "--skew",
+        choices=["random", "one", "spread"],
+        default="random",
+        help="routing the data is built for: random, all tokens to one expert, every expert used",
+    )
+    p.add_argument("--expert", type=integer, default=0, help="--skew one: the favoured expert")
+    p.add_argument(
+        "--memory-stall",
+        type=float,
+        default=0.0,
+        help="probability of a stall cycle on each of the DDR model's AR and R channels",
+    )
+    _stall_args(p)
+
+
+def _moe_cases(cfg: Any, args: argparse.Namespace) -> list[Any]:
+    from tessera.rtl.moe import check_engine_config
+    from tessera.sim.moe import MoeCase
+
+    check_engine_config(cfg)
+    case = MoeCase(
+        args.tokens,
+        task=args.task,
+        seed=args.seed,
+        skew=args.skew,
+        expert=args.expert,
+        idle=args.idle,
+        backpressure=args.backpressure,
+        memory_stall=args.memory_stall,
+    )
+    case.inputs(cfg)  # rejects token counts, tasks and experts the config cannot run
+    return [case]
+
+
+def _moe_simulate(
+    cfg: Any, cases: list[Any], args: argparse.Namespace
+) -> tuple[list[Any], dict[str, Any]]:
+    from tessera.estimators.moe_cycles import moe_engine_cycles
+    from tessera.models.moe import moe_layer, moe_traffic
+    from tessera.sim.moe import simulate_moe
+
+    results = simulate_moe(cfg, cases, sim=args.sim, waves=args.waves)
+    x, weights = cases[0].inputs(cfg)
+    _, routing = moe_layer(x, weights, cases[0].task, cfg)
+    model = moe_engine_cycles(routing, cfg)
+    return results, {
+        "model_cycles": model["cycles"],
+        "cycle_breakdown": {k: v for k, v in model.items() if k != "per_expert"},
+        "queue_lengths": [int(n) for n in routing.queue_lengths],
+        "traffic": moe_traffic(routing, cfg),
+    }
+
+
+def _moe_generate(cfg: Any, out_dir: Any) -> dict[str, Any]:
+    """``generate_moe`` for the command line: a config the engine cannot be built for (e.g.
+    ``dim`` not a multiple of ``cols``) is a usage error (one line, exit status 2), like an
+    invalid config field."""
+    from tessera.rtl.moe import generate_moe
+
+    try:
+        return generate_moe(cfg, out_dir)
+    except ValueError as exc:
+        print(f"tessera: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+ENGINES["moe"] = EngineSpec(
+    name="moe",
+    summary="MoeEngine: gate, top-k, per-expert queues, expert FFNs on one MAC array, AXI4 weights",
+    config="tessera.models.moe:MoeConfig",
+    generate="tessera.cli.engines:_moe_generate",
+    add_case_args=_moe_case_args,
+    make_cases=_moe_cases,
+    simulate=_moe_simulate,
+    csim=None,
 )
