@@ -1,4 +1,4 @@
-"""``tessera`` command line: doctor, generate, simulate, csim, synth, train, quantize, demo.
+"""``tessera`` command line: generate, verify, synthesize, estimate and run accelerator engines.
 
 Errors in the user's input print one ``tessera: error: ...`` line and exit with status 2; nothing is
 left half-written (outputs are assembled in a temporary directory and moved into place).
@@ -617,6 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_quantize)
+
+    from tessera.cli.estimate import add_commands
+
+    add_commands(sub, _Parser)
 
     p = sub.add_parser(
         "run", help="run a model on a mix of devices (placed by the cost model) over the test split"
