@@ -1,1 +1,14 @@
-"""tessera.host."""
+"""tessera.host: run models on a mix of devices.
+
+- :mod:`tessera.host.device`: the asynchronous device API (:class:`~tessera.host.device.Device`),
+  buffers, link models and modelled timelines;
+- :mod:`tessera.host.torch_device`, :mod:`tessera.host.fpga`: torch (CUDA or CPU), the FPGA
+  engines emulated bit-exactly, and their HLS kernels C-simulated;
+- :mod:`tessera.host.graph`, :mod:`tessera.host.m3vit`: op graphs with integer formats, and the
+  M³ViT as one;
+- :mod:`tessera.host.partition`: placement from the cost model;
+- :mod:`tessera.host.session`, :mod:`tessera.host.pool`: sessions with fail-over, and an
+  exactly-once device pool;
+- :mod:`tessera.host.driver`, :mod:`tessera.host.sim_board`: the board-driver contract and a
+  cocotb-simulated board that runs the drivers on the RTL.
+"""
