@@ -28,7 +28,7 @@ from tessera.models.attention import (
 )
 from tessera.models.gemm import Requant
 from tessera.rtl.attention import TOP_NAME, generate_attention
-from tessera.sim.harness import SimResult, SimulationError, run_cases
+from tessera.sim.harness import SimResult, SimulationError, simulate_cases
 
 __all__ = ["AttentionCase", "SimulationError", "simulate_attention"]
 
@@ -176,7 +176,7 @@ def simulate_attention(
             "model_cycles": attention_traffic(case.seq_len, cfg)["cycles"],
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -187,7 +187,4 @@ def simulate_attention(
         build_dir=build_dir,
         waves=waves,
     )
-    return [
-        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-        for case, res in zip(cases, results, strict=False)
-    ]
+    return [result for result, _ in pairs]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tessera.models.epilogue import EpilogueConfig, EpilogueParams, epilogue
 from tessera.rtl.epilogue import TOP_NAME, generate_epilogue
-from tessera.sim.harness import SimResult, run_cases
+from tessera.sim.harness import SimResult, simulate_cases
 
 __all__ = [
     "EpilogueCase",
@@ -202,7 +202,7 @@ def simulate_epilogue(
             "backpressure": case.backpressure,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -213,7 +213,4 @@ def simulate_epilogue(
         build_dir=build_dir,
         waves=waves,
     )
-    return [
-        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-        for case, res in zip(cases, results, strict=False)
-    ]
+    return [result for result, _ in pairs]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tessera.models.gelu import GeluConfig, extreme_codes, gelu
 from tessera.rtl.gelu import TOP_NAME, generate_gelu
-from tessera.sim.harness import SimResult, run_cases
+from tessera.sim.harness import SimResult, simulate_cases
 
 __all__ = [
     "GeluCase",
@@ -179,7 +179,7 @@ def simulate_gelu(
             "backpressure": case.backpressure,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -190,7 +190,4 @@ def simulate_gelu(
         build_dir=build_dir,
         waves=waves,
     )
-    return [
-        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-        for case, res in zip(cases, results, strict=False)
-    ]
+    return [result for result, _ in pairs]

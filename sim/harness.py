@@ -41,6 +41,7 @@ __all__ = [
     "run_cases",
     "run_testbench",
     "set_stalls",
+    "simulate_cases",
     "write_results",
 ]
 
@@ -330,6 +331,24 @@ def run_cases(
         waves=waves,
         expected_results=len(cases),
     )
+
+
+def simulate_cases(
+    cfg: Any,
+    cases: Sequence[Any],
+    write_case: Callable[[Any, Path], dict[str, Any]],
+    **kwargs: Any,
+) -> list[tuple[SimResult, dict[str, Any]]]:
+    """:func:`run_cases`, and one :class:`SimResult` per case that ran (labelled by the case's
+    ``label``), each with the testbench's own result dict for engine-specific fields.
+
+    A run that stops at a failing case returns the cases up to and including it.
+    """
+    results, seconds, waves_path = run_cases(cfg, cases, write_case, **kwargs)
+    return [
+        (SimResult.from_testbench(case.label, res, kwargs["sim"], seconds, waves_path), res)
+        for case, res in zip(cases, results, strict=False)
+    ]
 
 
 # --- used inside the simulator process, by the testbench modules -----------------------------

@@ -25,7 +25,7 @@ from tessera.models.layernorm import (
     quantize_params,
 )
 from tessera.rtl.layernorm import TOP_NAME, generate_layernorm
-from tessera.sim.harness import SimResult, run_cases
+from tessera.sim.harness import SimResult, simulate_cases
 
 __all__ = ["LayerNormCase", "LayerNormSimResult", "simulate_layernorm"]
 
@@ -187,7 +187,7 @@ def simulate_layernorm(
             "backpressure": case.backpressure,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -200,11 +200,9 @@ def simulate_layernorm(
     )
     return [
         LayerNormSimResult(
-            **dataclasses.asdict(
-                SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-            ),
+            **dataclasses.asdict(result),
             rows=case.rows,
             latency=res["latency"],
         )
-        for case, res in zip(cases, results, strict=False)
+        for case, (result, res) in zip(cases, pairs, strict=False)
     ]

@@ -28,7 +28,7 @@ from tessera.sim.epilogue import (
     random_params,
     random_residual,
 )
-from tessera.sim.harness import SimResult, run_cases
+from tessera.sim.harness import SimResult, simulate_cases
 
 __all__ = ["LinearCase", "LinearSimResult", "simulate_linear"]
 
@@ -174,7 +174,7 @@ def simulate_linear(
             "backpressure": case.backpressure,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         pair,
         cases,
         write_case,
@@ -187,10 +187,8 @@ def simulate_linear(
     )
     return [
         LinearSimResult(
-            **dataclasses.asdict(
-                SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-            ),
+            **dataclasses.asdict(result),
             gemm_cycles=res.get("gemm_cycles", 0),
         )
-        for case, res in zip(cases, results, strict=False)
+        for case, (result, res) in zip(cases, pairs, strict=False)
     ]

@@ -21,7 +21,7 @@ import numpy as np
 from tessera.estimators.moe_cycles import AXI_RAM_LATENCY, moe_engine_cycles
 from tessera.models.moe import MoeConfig, MoeWeights, moe_layer, moe_weight_image
 from tessera.rtl.moe import TOP_NAME, check_engine_config, generate_moe
-from tessera.sim.harness import SimResult, SimulationError, run_cases
+from tessera.sim.harness import SimResult, SimulationError, simulate_cases
 
 __all__ = ["SKEWS", "MoeCase", "SimulationError", "simulate_moe"]
 
@@ -213,7 +213,7 @@ def simulate_moe(
             "check_cycles": case.stall_free,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -224,7 +224,4 @@ def simulate_moe(
         build_dir=build_dir,
         waves=waves,
     )
-    return [
-        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-        for case, res in zip(cases, results, strict=False)
-    ]
+    return [result for result, _ in pairs]

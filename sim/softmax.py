@@ -20,7 +20,7 @@ import numpy as np
 
 from tessera.models.softmax import SoftmaxConfig, softmax
 from tessera.rtl.softmax import TOP_NAME, generate_softmax
-from tessera.sim.harness import SimResult, run_cases
+from tessera.sim.harness import SimResult, simulate_cases
 
 __all__ = [
     "SoftmaxCase",
@@ -188,7 +188,7 @@ def simulate_softmax(
             "backpressure": case.backpressure,
         }
 
-    results, seconds, waves_path = run_cases(
+    pairs = simulate_cases(
         cfg,
         cases,
         write_case,
@@ -199,7 +199,4 @@ def simulate_softmax(
         build_dir=build_dir,
         waves=waves,
     )
-    return [
-        SimResult.from_testbench(case.label, res, sim, seconds, waves_path)
-        for case, res in zip(cases, results, strict=False)
-    ]
+    return [result for result, _ in pairs]
