@@ -33,7 +33,7 @@ from tessera.models.moe import MoeConfig, MoeRouting, moe_image_layout
 from tessera.rtl.moe import POST_LATENCY, check_engine_config
 from tessera.rtl.softmax import _latency as softmax_latency
 
-__all__ = ["AXI_RAM_LATENCY", "gemm_tile_cycles", "moe_engine_cycles"]
+__all__ = ["AXI_RAM_LATENCY", "gemm_tile_cycles", "moe_engine_cycles", "output_cycles"]
 
 AXI_RAM_LATENCY = 1
 """``mem_latency`` of cocotbext-axi's ``AxiRamRead`` without pauses: idle cycles between the
@@ -50,6 +50,11 @@ def gemm_tile_cycles(m: int, n: int, k: int, cfg: MoeConfig) -> int:
         rows = min(cfg.rows, m - m0)
         total += tiles_n * (k + rows + 2)
     return total
+
+
+def output_cycles(tokens: int, cfg: MoeConfig) -> int:
+    """Cycles of the output phase: a buffer read and the output register, then a beat per cycle."""
+    return tokens * (cfg.dim // cfg.cols) + 2
 
 
 def moe_engine_cycles(
@@ -141,7 +146,7 @@ def moe_engine_cycles(
     experts_phase = max(array, fetcher_done) + 1
     expert_fetch = len(per_expert) * fetch_cycles
     expert_compute = sum(p["compute"] for p in per_expert)
-    output = beats + 2
+    output = output_cycles(tokens, cfg)
     total = load_gate_fetch + gate_gemm + route + experts_phase + output
     return {
         "cycles": total,

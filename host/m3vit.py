@@ -26,7 +26,7 @@ import numpy.typing as npt
 import torch
 
 from tessera.estimators.cycles import attention_cycles, gelu_cycles, gemm_cycles, layernorm_cycles
-from tessera.estimators.moe_cycles import moe_engine_cycles
+from tessera.estimators.moe_cycles import moe_engine_cycles, output_cycles
 from tessera.host.device import Op
 from tessera.host.graph import Graph, Node, QFormat
 from tessera.models.m3vit import M3ViT
@@ -261,7 +261,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             res,
             lambda xr, *parts, i=i: qm.moe_combine(i, xr, sum(parts)),
             lambda m, xf, *parts: xf + sum(parts),
-            lambda xr, *parts: xr.shape[0] * (t * (d // mcfg.cols) + 2),
+            lambda xr, *parts: xr.shape[0] * output_cycles(t, mcfg),
         )
     head_fmt = QFormat(qm.logit_scale(task), 32)
     add(
