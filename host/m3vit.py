@@ -25,8 +25,17 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from tessera.estimators.cycles import attention_cycles, gelu_cycles, gemm_cycles, layernorm_cycles
-from tessera.estimators.moe_cycles import moe_engine_cycles, output_cycles
+from tessera.estimators.m3vit_cycles import (
+    attention_block_cycles,
+    combine_cycles,
+    embed_cycles,
+    expert_cycles,
+    gate_cycles,
+    head_cycles,
+    mlp_block_cycles,
+    moe_norm_cycles,
+    moe_runs,
+)
 from tessera.host.device import Op
 from tessera.host.graph import Graph, Node, QFormat
 from tessera.models.m3vit import M3ViT
@@ -116,7 +125,6 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
     if not 0 <= task < cfg.num_tasks:
         raise ValueError(f"task must be in [0, {cfg.num_tasks - 1}], got {task}")
     model.eval()
-    gcfg = qm.gemm_cfg
     d, t = cfg.embed_dim, cfg.num_tokens
     res = QFormat(2.0**-qm.res_frac, qm.preset.residual_bits)
     nodes: list[Node] = []
@@ -135,11 +143,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
         nodes.append(Node(op, inputs, fmt))
         return name
 
-    def ln_cycles(rows: int, norm: Any) -> int:
-        return layernorm_cycles(rows, norm.cfg)
-
     mcfg = qm.moe_cfg
-    patch_k = cfg.channels * cfg.patch_size**2
     x = add(
         "embed",
         "patch_embed",
@@ -147,16 +151,9 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
         res,
         qm.embed,
         lambda m, img: m.embed(img),
-        lambda px: gemm_cycles(len(px) * (t - 1), d, patch_k, gcfg).cycles,
+        lambda px: embed_cycles(qm, len(px)),
     )
     for i, blk in enumerate(qm.blocks):
-
-        def attn_cycles(xr: IntArray, blk: Any = blk) -> int:
-            rows = xr.shape[0] * t
-            linear = 4 * gemm_cycles(rows, d, d, gcfg).cycles
-            heads = xr.shape[0] * cfg.num_heads * attention_cycles(t, qm.attn_cfg)
-            return ln_cycles(rows, blk.norm1) + linear + heads
-
         x = add(
             f"block{i}.attn",
             "attention_block",
@@ -164,20 +161,9 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             res,
             lambda xr, i=i: qm.attention_block(i, xr),
             lambda m, xf, i=i: xf + m.blocks[i].attn(m.blocks[i].norm1(xf)),
-            attn_cycles,
+            lambda xr, i=i: attention_block_cycles(qm, i, len(xr)),
         )
         if blk.moe is None:
-
-            def mlp_cycles(xr: IntArray, blk: Any = blk) -> int:
-                rows = xr.shape[0] * t
-                hidden = cfg.mlp_hidden
-                return (
-                    ln_cycles(rows, blk.norm2)
-                    + gemm_cycles(rows, hidden, d, gcfg).cycles
-                    + gelu_cycles(rows * hidden, qm.moe_cfg.gelu)
-                    + gemm_cycles(rows, d, hidden, gcfg).cycles
-                )
-
             x = add(
                 f"block{i}.mlp",
                 "mlp_block",
@@ -185,7 +171,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
                 res,
                 lambda xr, i=i: qm.mlp_block(i, xr),
                 lambda m, xf, i=i: xf + m.blocks[i].ffn(m.blocks[i].norm2(xf)),
-                mlp_cycles,
+                lambda xr, i=i: mlp_block_cycles(qm, i, len(xr)),
             )
             continue
         moe = blk.moe
@@ -194,7 +180,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
         part_fmt = QFormat(moe.quant.y_scale * 2.0**-mcfg.gate_frac, 48)
 
         def engine_runs(hr: IntArray, moe: Any = moe) -> list[dict[str, Any]]:
-            return [moe_engine_cycles(route(img, moe, task, mcfg), mcfg) for img in hr]
+            return moe_runs([route(img, moe, task, mcfg) for img in hr], mcfg)
 
         h = add(
             f"block{i}.norm2",
@@ -203,7 +189,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             h_fmt,
             lambda xr, i=i: qm.moe_norm(i, xr),
             lambda m, xf, i=i: m.blocks[i].norm2(xf),
-            lambda xr, blk=blk: ln_cycles(xr.shape[0] * t, blk.norm2),
+            lambda xr, i=i: moe_norm_cycles(qm, i, len(xr)),
         )
 
         def gate_float(m: M3ViT, hf: torch.Tensor, i: int = i) -> torch.Tensor:
@@ -218,9 +204,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             gate_fmt,
             lambda hr, i=i: qm.moe_gates(i, hr, task),
             gate_float,
-            lambda hr, runs=engine_runs: sum(
-                r["load_gate_fetch"] + r["gate_gemm"] + r["route"] for r in runs(hr)
-            ),
+            lambda hr, runs=engine_runs: gate_cycles(runs(hr)),
             (t, cfg.num_experts),
         )
         experts = []
@@ -235,14 +219,6 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
                     out[sel] = m.blocks[i].ffn.experts[e](hf[sel]) * g[..., e][sel].unsqueeze(-1)
                 return out
 
-            def expert_cycles(hr: IntArray, gr: IntArray, e: int = e, runs=engine_runs) -> int:
-                total = 0
-                for r in runs(hr):
-                    for p in r["per_expert"]:
-                        if p["expert"] == e:
-                            total += p["filled"] - p["fetch_start"] + 1 + p["compute"]
-                return total
-
             experts.append(
                 add(
                     f"block{i}.expert{e}",
@@ -251,7 +227,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
                     part_fmt,
                     lambda hr, gr, i=i, e=e: qm.moe_expert(i, e, hr, gr),
                     expert_float,
-                    expert_cycles,
+                    lambda hr, gr, e=e, runs=engine_runs: expert_cycles(runs(hr), e),
                 )
             )
         x = add(
@@ -261,7 +237,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
             res,
             lambda xr, *parts, i=i: qm.moe_combine(i, xr, sum(parts)),
             lambda m, xf, *parts: xf + sum(parts),
-            lambda xr, *parts: xr.shape[0] * output_cycles(t, mcfg),
+            lambda xr, *parts: combine_cycles(qm, len(xr)),
         )
     head_fmt = QFormat(qm.logit_scale(task), 32)
     add(
@@ -271,10 +247,7 @@ def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:
         head_fmt,
         lambda xr: qm.head(xr, task),
         lambda m, xf: m.heads[task](m.norm(xf)[:, 0]),
-        lambda xr: (
-            ln_cycles(len(xr), qm.norm)
-            + gemm_cycles(len(xr), cfg.classes_per_task[task], d, gcfg).cycles
-        ),
+        lambda xr: head_cycles(qm, task, len(xr)),
         (cfg.classes_per_task[task],),
     )
     return Graph(nodes, {"images": QFormat(qm.in_scale, qm.preset.act_bits)})
