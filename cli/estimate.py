@@ -105,7 +105,7 @@ def _shape(cfg: Any) -> str:
 def cmd_dse(args: argparse.Namespace) -> int:
     """Run ``tessera dse``."""
     from tessera.estimators.devices import get_device
-    from tessera.estimators.dse import explore, parse_workload, plot_front, verify
+    from tessera.estimators.dse import explore, explore_m3vit, parse_workload, plot_front, verify
 
     try:
         workload = parse_workload(args.workload)
@@ -117,14 +117,18 @@ def cmd_dse(args: argparse.Namespace) -> int:
     if args.max_macs < 1:
         raise _usage(f"--max-macs must be >= 1, got {args.max_macs}")
     surrogate = _surrogate(args.csv)
+    options = {"max_macs": args.max_macs, "max_utilization": args.max_util}
     try:
-        points = explore(
-            workload,
-            device,
-            surrogate,
-            max_macs=args.max_macs,
-            max_utilization=args.max_util,
-        )
+        if workload.engine == "m3vit":
+            from tessera.models.m3vit import digits_tasks, load_m3vit
+            from tessera.models.m3vit_quant import quantize_m3vit
+
+            model, cfg = load_m3vit()
+            train, test = digits_tasks()
+            qm = quantize_m3vit(model, cfg, train.images[:256], "int8")
+            points = explore_m3vit(qm, test.images[:8], device, surrogate, **options)
+        else:
+            points = explore(workload, device, surrogate, **options)
     except ValueError as exc:
         raise _usage(str(exc)) from None
     feasible = [p for p in points if p.fits]
@@ -136,7 +140,7 @@ def cmd_dse(args: argparse.Namespace) -> int:
     top = feasible[: args.top]
     seconds = verify(top, device.family) if top and not args.no_verify else 0.0
     plot = (
-        str(plot_front(points, args.plot, f"gemm {args.workload} on {device.name}"))
+        str(plot_front(points, args.plot, f"{args.workload} on {device.name}"))
         if (args.plot)
         else None
     )
@@ -164,6 +168,10 @@ def cmd_dse(args: argparse.Namespace) -> int:
         f"{'design':<36} {'shape':<16} {'cycles':>10} {'lat us':>9} {'LUT':>8} {'DSP':>6} "
         f"{'BRAM':>6} {'front':>6} {'act LUT':>8} {'act DSP':>8}"
     )
+    if feasible[0].fixed:
+        shared = ", ".join(f"{v:,.0f} {k.upper()}" for k, v in feasible[0].fixed.items())
+        print(f"shared attention, LayerNorm and GELU engines (predicted, every design): {shared}")
+        print("per-design columns: the searched MAC array (GEMM engine); cycles per image")
     shown = [p for p in feasible if p.pareto_lut or p.pareto_dsp]
     for p in sorted(set(shown) | set(top), key=lambda q: q.latency_us):
         front = ("L" if p.pareto_lut else "") + ("D" if p.pareto_dsp else "")
@@ -215,7 +223,9 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
         "dse", help="search GEMM / attention engines for a workload within a device budget"
     )
     p.add_argument(
-        "--workload", required=True, help="gemm:M,N,K or attention:S,D[,H] (seq, head dim, heads)"
+        "--workload",
+        required=True,
+        help="gemm:M,N,K, attention:S,D[,H] (seq, head dim, heads) or m3vit-tiny (whole network)",
     )
     p.add_argument("--device", required=True, help="xc7z020, xczu3eg, xck26, xczu9eg, LFE5U-85F")
     p.add_argument("--top", type=int, default=3, help="fastest fitting designs to re-synthesise")

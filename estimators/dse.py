@@ -31,6 +31,7 @@ __all__ = [
     "attention_candidates",
     "explore",
     "explore_gemm",
+    "explore_m3vit",
     "gemm_candidates",
     "pareto_front",
     "parse_workload",
@@ -51,8 +52,8 @@ class Workload:
 
     Attributes
     ----------
-    engine : {"gemm", "attention"}
-        Engine that runs it.
+    engine : {"gemm", "attention", "m3vit"}
+        Engine that runs it (``m3vit``: the whole network, searched by :func:`explore_m3vit`).
     shape : tuple of int
         ``(M, N, K)`` for a GEMM; ``(S, D, H)`` (sequence length, head dimension, heads) for
         attention.
@@ -90,15 +91,18 @@ _FORMS = {"gemm": (3, 3, "gemm:M,N,K"), "attention": (2, 3, "attention:S,D[,H]")
 
 
 def parse_workload(text: str) -> Workload:
-    """Parse ``gemm:M,N,K`` or ``attention:S,D[,H]`` (sequence length, head dim, heads).
+    """Parse ``gemm:M,N,K``, ``attention:S,D[,H]`` (sequence length, head dim, heads) or
+    ``m3vit-tiny`` (the whole built-in network, see :func:`explore_m3vit`).
 
     Raises
     ------
     ValueError
         On any other form, naming the expected ones.
     """
+    if text.strip() == "m3vit-tiny":
+        return Workload("m3vit", ())
     match = re.fullmatch(r"\s*(\w+)\s*:\s*([\d\s,]+)", text)
-    forms = " or ".join(f[2] for f in _FORMS.values())
+    forms = " or ".join([*(f[2] for f in _FORMS.values()), "m3vit-tiny"])
     if not match or match.group(1) not in _FORMS:
         raise ValueError(f"workload must look like {forms} (e.g. gemm:256,256,256), got {text!r}")
     engine = match.group(1)
@@ -136,6 +140,9 @@ class DesignPoint:
         On the latency / LUT or latency / DSP Pareto front of the fitting designs.
     actual : dict, optional
         Yosys counts after :func:`verify`.
+    fixed : dict
+        Predicted resources of the engines every design point of a whole-network workload
+        shares (empty for a single-engine workload); ``predicted`` is the searched engine alone.
     """
 
     config: Any
@@ -146,6 +153,11 @@ class DesignPoint:
     pareto_lut: bool = False
     pareto_dsp: bool = False
     actual: dict[str, float] | None = field(default=None)
+    fixed: dict[str, float] = field(default_factory=dict)
+
+    def total(self, resource: str) -> float:
+        """Predicted ``resource`` of the whole design (searched engine plus shared engines)."""
+        return self.predicted.get(resource, 0.0) + self.fixed.get(resource, 0.0)
 
     @property
     def latency_us(self) -> float:
@@ -165,6 +177,7 @@ class DesignPoint:
             "pareto_lut": self.pareto_lut,
             "pareto_dsp": self.pareto_dsp,
             "actual": self.actual,
+            "fixed": {k: round(v, 2) for k, v in self.fixed.items()},
         }
 
 
@@ -266,10 +279,8 @@ def explore(
     list of DesignPoint
         Every candidate, sorted: fitting designs first, by latency then LUTs.
     """
-    from tessera.estimators.surrogate import row_for
-
-    if not 0 < max_utilization <= 1:
-        raise ValueError(f"max_utilization must be in (0, 1], got {max_utilization}")
+    if workload.engine == "m3vit":
+        raise ValueError("the m3vit-tiny workload needs the network: use explore_m3vit")
     if workload.engine == "gemm":
         candidates: list[Any] = [
             c for c in gemm_candidates(max_macs) if max(workload.shape) <= c.max_dim
@@ -278,8 +289,34 @@ def explore(
         candidates = attention_candidates(workload, max_macs)
     if not candidates:
         raise ValueError(f"no {workload.engine} candidate with at most {max_macs} MACs")
-    rows = [row_for(workload.engine, c, device.family) for c in candidates]
-    preds = surrogate.predict(rows)
+    return _rank(
+        candidates,
+        workload.engine,
+        [workload.cycles(c) for c in candidates],
+        device,
+        surrogate,
+        max_utilization=max_utilization,
+        clock_mhz=clock_mhz,
+    )
+
+
+def _rank(
+    candidates: Sequence[Any],
+    engine: str,
+    cycles: Sequence[int],
+    device: Device,
+    surrogate: Any,
+    *,
+    max_utilization: float,
+    clock_mhz: float | None,
+    fixed: dict[str, float] | None = None,
+) -> list[DesignPoint]:
+    # Predict, check the budget (with the shared engines' resources), mark the fronts, sort.
+    from tessera.estimators.surrogate import row_for
+
+    if not 0 < max_utilization <= 1:
+        raise ValueError(f"max_utilization must be in (0, 1], got {max_utilization}")
+    preds = surrogate.predict([row_for(engine, c, device.family) for c in candidates])
     budget = device.budget()
     points = []
     for i, cfg in enumerate(candidates):
@@ -292,16 +329,86 @@ def explore(
             clock = predicted.get("fmax_mhz", ECP5_CLOCK_MHZ)
         else:
             clock = XILINX_CLOCK_MHZ
-        cycles = workload.cycles(cfg)
-        fits = all(predicted.get(r, 0.0) <= max_utilization * budget[r] for r in budget)
-        points.append(DesignPoint(cfg, predicted, cycles, clock, fits))
+        point = DesignPoint(cfg, predicted, cycles[i], clock, fixed=dict(fixed or {}))
+        point.fits = all(point.total(r) <= max_utilization * budget[r] for r in budget)
+        points.append(point)
     feasible = [p for p in points if p.fits]
     for flag_name, resource in (("pareto_lut", "lut"), ("pareto_dsp", "dsp")):
-        flags = pareto_front([(p.latency_us, p.predicted.get(resource, 0.0)) for p in feasible])
+        flags = pareto_front([(p.latency_us, p.total(resource)) for p in feasible])
         for p, flag in zip(feasible, flags, strict=True):
             setattr(p, flag_name, flag)
     points.sort(key=lambda p: (not p.fits, p.latency_us, p.predicted.get("lut", 0.0)))
     return points
+
+
+def explore_m3vit(
+    qm: Any,
+    images: Any,
+    device: Device,
+    surrogate: Any,
+    *,
+    max_macs: int = 1024,
+    max_utilization: float = 0.8,
+    clock_mhz: float | None = None,
+) -> list[DesignPoint]:
+    """Search the MAC array of an accelerator for the whole M³ViT (``--workload m3vit-tiny``).
+
+    The accelerator runs every op of the network one after the other: the linear layers and the
+    MoE layers (gate GEMM and expert FFNs) on one ``rows x cols`` MAC array, whose
+    ``TemporalGemm`` configuration is searched, next to the network's own attention, LayerNorm
+    and GELU engines, which every design point shares (their predicted resources are
+    :attr:`DesignPoint.fixed`). The MoE engine's queues and weight banks are not in the
+    synthesized dataset, so they are not counted.
+
+    Parameters
+    ----------
+    qm : QuantM3ViT
+        The integer network.
+    images : array_like
+        Sample images; the MoE layers' cycles follow the routing the network gives them.
+    device, surrogate, max_macs, max_utilization, clock_mhz
+        As in :func:`explore`.
+
+    Returns
+    -------
+    list of DesignPoint
+        :attr:`DesignPoint.cycles` is per image, averaged over the tasks.
+    """
+    from tessera.estimators.m3vit_cycles import m3vit_cycles, m3vit_routings
+    from tessera.estimators.surrogate import row_for
+
+    d = qm.cfg.embed_dim
+    candidates = [c for c in gemm_candidates(max_macs) if d % c.cols == 0]
+    if not candidates:
+        raise ValueError(f"no gemm candidate with at most {max_macs} MACs")
+    count = len(images)
+    if count < 1:
+        raise ValueError("explore_m3vit needs at least one sample image")
+    routings = [m3vit_routings(qm, images, t) for t in range(qm.cfg.num_tasks)]
+    cycles = [
+        round(
+            sum(sum(m3vit_cycles(qm, t, r, gemm_cfg=c).values()) for t, r in enumerate(routings))
+            / (count * len(routings))
+        )
+        for c in candidates
+    ]
+    shared = {
+        "attention": qm.attn_cfg,
+        "layernorm": qm.blocks[0].norm1.cfg,
+        "gelu": qm.moe_cfg.gelu,
+    }
+    preds = surrogate.predict([row_for(e, c, device.family) for e, c in shared.items()])
+    fixed = {r: float(sum(preds[r])) for r in ("lut", "ff", "dsp", "bram") if r in preds}
+    return _rank(
+        candidates,
+        "gemm",
+        cycles,
+        device,
+        surrogate,
+        max_utilization=max_utilization,
+        clock_mhz=clock_mhz,
+        fixed=fixed,
+    )
 
 
 def explore_gemm(
@@ -359,7 +466,7 @@ def plot_front(points: Sequence[DesignPoint], path: str | Path, title: str = "")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, resource, flag in ((axes[0], "lut", "pareto_lut"), (axes[1], "dsp", "pareto_dsp")):
         ax.scatter(
-            [p.predicted.get(resource, 0) for p in feasible],
+            [p.total(resource) for p in feasible],
             [p.latency_us for p in feasible],
             s=10,
             c="0.7",
@@ -367,7 +474,7 @@ def plot_front(points: Sequence[DesignPoint], path: str | Path, title: str = "")
         )
         front = sorted((p for p in feasible if getattr(p, flag)), key=lambda p: p.latency_us)
         ax.plot(
-            [p.predicted.get(resource, 0) for p in front],
+            [p.total(resource) for p in front],
             [p.latency_us for p in front],
             "o-",
             color="tab:red",

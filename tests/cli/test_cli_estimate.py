@@ -65,6 +65,13 @@ def test_dse_json(capsys):
     assert all(t["actual"] is None for t in report["top"])
 
 
+def test_dse_m3vit_table(capsys):
+    argv = ["dse", "--workload", "m3vit-tiny", "--device", "xc7z020", "--no-verify"]
+    status, out = run([*argv, "--max-macs", "16"], capsys)
+    assert status == 0
+    assert "m3vit-tiny on xc7z020" in out and "shared attention, LayerNorm and GELU" in out
+
+
 def test_dse_attention_table(capsys):
     argv = ["dse", "--workload", "attention:64,32", "--device", "xck26", "--no-verify"]
     status, out = run([*argv, "--max-macs", "16"], capsys)

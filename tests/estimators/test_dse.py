@@ -108,3 +108,36 @@ def test_verify_resynthesises_and_plot(surrogate, tmp_path):
         explore_gemm(
             parse_workload("gemm:8,8,8"), get_device("xczu3eg"), surrogate, max_utilization=0
         )
+
+
+def test_m3vit_exploration(surrogate):
+    """Whole-network search: cycles from the network model, budget checked with shared engines."""
+    from tessera.estimators.dse import explore_m3vit
+    from tessera.estimators.m3vit_cycles import m3vit_cycles, m3vit_routings
+    from tessera.models.m3vit import digits_tasks, load_m3vit
+    from tessera.models.m3vit_quant import quantize_m3vit
+
+    assert parse_workload(" m3vit-tiny ").engine == "m3vit"
+    model, cfg = load_m3vit()
+    train, test = digits_tasks()
+    qm = quantize_m3vit(model, cfg, train.images[:64], "int8")
+    images = test.images[:2]
+    device = get_device("xc7z020")
+    points = explore_m3vit(qm, images, device, surrogate, max_macs=64)
+    assert all(cfg.embed_dim % p.config.cols == 0 and p.config.macs <= 64 for p in points)
+    routings = [m3vit_routings(qm, images, t) for t in (0, 1)]
+    for p in points[:5]:
+        per_task = [
+            sum(m3vit_cycles(qm, t, r, gemm_cfg=p.config).values()) for t, r in enumerate(routings)
+        ]
+        assert p.cycles == round(sum(per_task) / 4)
+    fixed = points[0].fixed
+    assert fixed["dsp"] > 0 and all(p.fixed == fixed for p in points)
+    budget = device.budget()
+    for p in points:
+        fits = all(p.predicted[r] + fixed[r] <= 0.8 * budget[r] for r in budget)
+        assert p.fits == fits
+    fitting = [p for p in points if p.fits]
+    assert fitting and [p.latency_us for p in fitting] == sorted(p.latency_us for p in fitting)
+    with pytest.raises(ValueError, match="explore_m3vit"):
+        explore(parse_workload("m3vit-tiny"), device, surrogate)
