@@ -6,6 +6,8 @@
   engines emulated bit-exactly, and their HLS kernels C-simulated;
 - :mod:`tessera.host.graph`, :mod:`tessera.host.m3vit`: op graphs with integer formats, and the
   M³ViT as one;
+- :mod:`tessera.host.torch_import`: plain torch modules (MLPs, transformer blocks) traced with
+  ``torch.fx`` into such graphs (:func:`~tessera.host.torch_import.import_torch`);
 - :mod:`tessera.host.partition`: placement from the cost model;
 - :mod:`tessera.host.session`, :mod:`tessera.host.pool`: sessions with fail-over, and an
   exactly-once device pool;

@@ -6,7 +6,11 @@
     logits = session.run(images, task=0)
     print(session.report())
 
-A session builds the model's op graph per task (:func:`~tessera.host.m3vit.m3vit_graph`),
+The model is the built-in M³ViT (by name, or a :class:`~tessera.models.m3vit_quant.QuantM3ViT`)
+or any :class:`GraphModel`, such as a plain torch module imported with
+:func:`~tessera.host.torch_import.import_torch` (``Session(import_torch(mlp, x), ["cpu",
+"fpga:emu"]).run(x)``; single-task models need no task). A session asks the model for its op
+graph per task (:func:`~tessera.host.m3vit.m3vit_graph` for the M³ViT) and to validate inputs,
 measures each op's cost on each device kind once per (task, batch size) — modelled FPGA time from
 the cycle models, measured time on torch devices — and lets the planner
 (:func:`~tessera.host.partition.place`) choose where each op runs, weights staying resident on
@@ -21,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +39,7 @@ from tessera.host.partition import CostGraph, CostNode, place
 from tessera.host.torch_device import TorchDevice
 from tessera.models.m3vit_quant import QuantM3ViT
 
-__all__ = ["MODELS", "Plan", "Session", "make_device"]
+__all__ = ["MODELS", "GraphModel", "Plan", "Session", "make_device"]
 
 #: Built-in models a session can load by name.
 MODELS = ("m3vit-tiny",)
@@ -48,7 +52,8 @@ def make_device(
     link: LinkModel | None = None,
     timeout: float | None = None,
 ) -> Device:
-    """A device from a spec: ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or ``fpga:emu[N]``.
+    """A device from a spec: ``cpu``, ``cuda``, ``cuda:N``, ``gpu`` or ``fpga:emu[N]``; any of
+    them prefixed ``ray:`` runs in a Ray actor (:class:`~tessera.host.ray_pool.RayDevice`).
 
     Raises
     ------
@@ -58,13 +63,71 @@ def make_device(
     if isinstance(spec, Device):
         return spec
     name = spec.strip().lower()
+    if name.startswith("ray:"):
+        from tessera.host.ray_pool import RayDevice
+
+        return RayDevice(name[4:], clock_mhz=clock_mhz, link=link, timeout=timeout)
     if name.startswith("fpga:emu") or name == "fpga":
         return FpgaEmulator(
             "fpga:emu" if name == "fpga" else name, clock_mhz=clock_mhz, link=link, timeout=timeout
         )
     if name in ("cpu", "gpu", "cuda") or name.startswith("cuda:"):
         return TorchDevice(name, timeout=timeout)
-    raise ValueError(f"unknown device {spec!r}: use cpu, cuda, cuda:N, gpu or fpga:emu[N]")
+    raise ValueError(
+        f"unknown device {spec!r}: use cpu, cuda, cuda:N, gpu or fpga:emu[N] (ray:SPEC on Ray)"
+    )
+
+
+@runtime_checkable
+class GraphModel(Protocol):
+    """What a session runs: an op graph per task, its input and output, and input validation.
+
+    Attributes
+    ----------
+    num_tasks : int
+        Tasks (graphs) the model has; a session's ``task`` is in ``[0, num_tasks)``.
+    input_name, output_name : str
+        The graph input fed with the batch, and the op whose output is the result.
+    """
+
+    num_tasks: int
+    input_name: str
+    output_name: str
+
+    def graph(self, task: int) -> Graph:
+        """The op graph of ``task``; every op has ``out_shape(batch)``."""
+        ...
+
+    def check_input(self, x: Any) -> npt.NDArray[np.float32]:
+        """``x`` as a float32 batch, or ``ValueError`` saying what shape it needs."""
+        ...
+
+
+@dataclass(eq=False)
+class _M3ViTModel:
+    """The integer M³ViT as a :class:`GraphModel`: input ``images``, output ``head``."""
+
+    qmodel: QuantM3ViT
+    input_name: str = "images"
+    output_name: str = "head"
+
+    @property
+    def num_tasks(self) -> int:
+        return self.qmodel.cfg.num_tasks
+
+    def graph(self, task: int) -> Graph:
+        return m3vit_graph(self.qmodel, task)
+
+    def check_input(self, images: Any) -> npt.NDArray[np.float32]:
+        feed = _as_numpy(images)
+        cfg = self.qmodel.cfg
+        expected = (cfg.channels, cfg.image_height, cfg.image_width)
+        if feed.ndim != 4 or feed.shape[1:] != expected or len(feed) == 0:
+            raise ValueError(
+                f"images must have shape (batch, {', '.join(map(str, expected))}) with batch "
+                f">= 1, got {feed.shape}"
+            )
+        return feed
 
 
 @dataclass
@@ -107,8 +170,9 @@ class Session:
 
     Parameters
     ----------
-    model : str or QuantM3ViT
-        ``"m3vit-tiny"`` (the shipped weights, quantized with ``preset``) or an integer network.
+    model : str, QuantM3ViT or GraphModel
+        ``"m3vit-tiny"`` (the shipped weights, quantized with ``preset``), an integer network,
+        or another graph model such as an :class:`~tessera.host.torch_import.ImportedModel`.
     devices : sequence of str or Device
         Device specs (see :func:`make_device`) or devices; names must be unique.
     preset : str
@@ -121,11 +185,18 @@ class Session:
         Seconds one op may take before its device counts as failed.
     calibration : int
         Training images used to quantize a named model.
+
+    Attributes
+    ----------
+    model : GraphModel
+        What runs.
+    qmodel : QuantM3ViT or None
+        The integer M³ViT (``None`` for other models).
     """
 
     def __init__(
         self,
-        model: str | QuantM3ViT = "m3vit-tiny",
+        model: str | QuantM3ViT | GraphModel = "m3vit-tiny",
         devices: Sequence[str | Device] = ("cpu", "fpga:emu"),
         *,
         preset: str = "int8",
@@ -146,7 +217,17 @@ class Session:
         names = [d.name for d in self.devices]
         if len(set(names)) != len(names):
             raise ValueError(f"device names must be unique, got {names}")
-        self.qmodel = _load_model(model, preset, calibration)
+        self.qmodel: QuantM3ViT | None = None
+        if isinstance(model, str | QuantM3ViT):
+            self.qmodel = _load_model(model, preset, calibration)
+            self.model: GraphModel = _M3ViTModel(self.qmodel)
+        elif isinstance(model, GraphModel):
+            self.model = model
+        else:
+            raise ValueError(
+                f"model must be a built-in model's name, a QuantM3ViT or an imported model "
+                f"(tessera.host.torch_import.import_torch), got {type(model).__name__}"
+            )
         self._graphs: dict[int, Graph] = {}
         self._plans: dict[tuple[int, int], Plan] = {}
         self._healthy = set(names)
@@ -158,7 +239,7 @@ class Session:
         """The op graph of task ``task`` (built once)."""
         with self._lock:
             if task not in self._graphs:
-                self._graphs[task] = m3vit_graph(self.qmodel, task)
+                self._graphs[task] = self.model.graph(task)
             return self._graphs[task]
 
     @property
@@ -185,7 +266,8 @@ class Session:
         costs: dict[str, dict[str, float]] = {n.name: {} for n in graph.nodes}
         fpgas = [d for d in self.healthy if isinstance(d, FpgaEmulator)]
         if fpgas:
-            values: dict[str, Any] = {"images": graph.formats["images"].quantize(feed)}  # type: ignore[union-attr]
+            name = self.model.input_name
+            values: dict[str, Any] = {name: graph.formats[name].quantize(feed)}  # type: ignore[union-attr]
             for node in graph.nodes:
                 args = [values[s] for s in node.inputs]
                 cycles = node.op.fpga_cycles(*args)
@@ -203,7 +285,7 @@ class Session:
             placement = {n.name: dev for n in graph.nodes}
             for _ in range(2):  # the first run warms caches and copies weights to the device
                 dev.reset_timeline()
-                run_graph(graph, placement, {"images": feed})
+                run_graph(graph, placement, {self.model.input_name: feed})
             for event in dev.events:
                 if event.kind == "run":
                     costs[event.label][dev.name] = event.end - event.start
@@ -219,6 +301,7 @@ class Session:
         batch = len(feed)
         nodes = []
         shapes = _value_shapes(graph, feed)
+        source = self.model.input_name
         for node in graph.nodes:
             fmt = graph.formats[node.name]
             shape = shapes[node.name]
@@ -227,8 +310,8 @@ class Session:
                 for d in healthy
             }
             in_bytes: dict[str, int] | int = 0
-            if "images" in node.inputs:
-                in_fmt = graph.formats["images"]
+            if source in node.inputs:
+                in_fmt = graph.formats[source]
                 in_bytes = {
                     d.name: wire_bytes(feed.shape, in_fmt) if d.domain == "int" else feed.nbytes
                     for d in healthy
@@ -236,7 +319,7 @@ class Session:
             nodes.append(
                 CostNode(
                     node.name,
-                    tuple(s for s in node.inputs if s != "images"),
+                    tuple(s for s in node.inputs if s != source),
                     costs[node.name],
                     out,
                     in_bytes,
@@ -247,8 +330,11 @@ class Session:
         return Plan(task, batch, placement, predicted, costs)
 
     # --- running ----------------------------------------------------------------------------
-    def run(self, images: npt.ArrayLike | torch.Tensor, task: int) -> npt.NDArray[np.float32]:
-        """Float logits ``(batch, classes)`` of ``images`` for task ``task``.
+    def run(
+        self, images: npt.ArrayLike | torch.Tensor, task: int | None = None
+    ) -> npt.NDArray[np.float32]:
+        """The model's float output for the batch ``images`` (for the M³ViT: logits ``(batch,
+        classes)`` of task ``task``; ``task`` may be left out for a single-task model).
 
         FPGA-side ops are bit-exact with the integer network; ops on torch devices run in float,
         so the logits are within a measured tolerance of the float network (exactly the integer
@@ -261,16 +347,14 @@ class Session:
         DeviceError
             When every device has failed.
         """
-        feed = _as_numpy(images)
-        cfg = self.qmodel.cfg
-        if not 0 <= task < cfg.num_tasks:
-            raise ValueError(f"task must be in [0, {cfg.num_tasks - 1}], got {task}")
-        expected = (cfg.channels, cfg.image_height, cfg.image_width)
-        if feed.ndim != 4 or feed.shape[1:] != expected or len(feed) == 0:
-            raise ValueError(
-                f"images must have shape (batch, {', '.join(map(str, expected))}) with batch "
-                f">= 1, got {feed.shape}"
-            )
+        tasks = self.model.num_tasks
+        if task is None:
+            if tasks != 1:
+                raise ValueError(f"this model has {tasks} tasks: give task in [0, {tasks - 1}]")
+            task = 0
+        if not 0 <= task < tasks:
+            raise ValueError(f"task must be in [0, {tasks - 1}], got {task}")
+        feed = self.model.check_input(images)
         start = time.perf_counter()
         while True:
             plan = self.plan(task, feed)
@@ -278,14 +362,14 @@ class Session:
             placement = {op: devices[name] for op, name in plan.placement.items()}
             t0 = max(d.busy_until for d in set(placement.values()))
             try:
-                result = run_graph(self.graph(task), placement, {"images": feed})
+                result = run_graph(self.graph(task), placement, {self.model.input_name: feed})
             except DeviceError as exc:
                 self._fail(exc.device, str(exc))
                 continue
             break
-        head = result.outputs["head"]
+        head = result.outputs[self.model.output_name]
         if head.dtype.kind in "iu":
-            head = self.graph(task).formats["head"].dequantize(head)  # type: ignore[union-attr]
+            head = self.graph(task).formats[self.model.output_name].dequantize(head)  # type: ignore[union-attr]
         with self._lock:
             self.stats.runs += 1
             self.stats.images += len(feed)
@@ -308,7 +392,7 @@ class Session:
     def run_batches(
         self,
         batches: Iterable[npt.ArrayLike | torch.Tensor],
-        task: int,
+        task: int | None = None,
         *,
         progress: bool = False,
         total: int | None = None,
@@ -318,7 +402,8 @@ class Session:
         if progress:
             from tqdm import tqdm
 
-            items = tqdm(batches, total=total, unit="batch", desc=f"task {task}")
+            desc = None if task is None else f"task {task}"
+            items = tqdm(batches, total=total, unit="batch", desc=desc)
         return [self.run(b, task) for b in items]
 
     # --- reporting --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_every_example_has_a_test():
-    # train_m3vit.py is run (one epoch) by tests/models/test_m3vit.py.
+    # train_m3vit.py is run (one epoch) by tests/models/test_m3vit.py, mixed_mlp.py by
+    # tests/examples/test_mixed_mlp.py.
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
         "gemm_engine.py",
+        "mixed_mlp.py",
         "train_m3vit.py",
         "vit_attention.py",
     ]
