@@ -223,12 +223,41 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.target == "gemm":
+        return _gemm_demo(args)
+    from tessera.host.demo import DemoOptions, run_demo
+
+    try:
+        options = DemoOptions(
+            board=args.board,
+            devices=tuple(d for d in args.devices.split(",") if d),
+            presets=tuple(p for p in args.presets.split(",") if p),
+            images=args.images,
+            batch=args.batch,
+            sim=args.sim,
+            verify_rtl=not args.no_rtl,
+            resynthesize=not args.no_synth,
+            out=args.output or "report",
+            progress=not args.json,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    summary = run_demo(options, log=_progress)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print((Path(options.out) / "summary.md").read_text())
+        print(f"demo {'PASSED' if summary['passed'] else 'FAILED'}: report in {options.out}/")
+    return 0 if summary["passed"] else 1
+
+
+def _gemm_demo(args: argparse.Namespace) -> int:
     from tessera.estimators.cycles import gemm_cycles
     from tessera.models.gemm import Requant, gemm
     from tessera.sim.gemm import GemmCase, simulate_gemm
 
     cfg = _config("gemm", args)
-    out = Path(args.output)
+    out = Path(args.output or "build/demo")
     _progress(f"1/4 generate {cfg.short_name} -> {out}")
     overrides = {"engine": "gemm", "output": str(out), "force": True, "json": False, "hls": False}
     gen_args = argparse.Namespace(**{**vars(args), **overrides})
@@ -638,9 +667,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="generate, simulate, check and synthesize a GEMM engine")
+    p = sub.add_parser(
+        "demo",
+        help="the tiny M3ViT end to end: quantize, generate and verify the engines, choose a "
+        "design for a board, run mixed CPU/FPGA inference, write report/ (or: demo gemm)",
+    )
+    p.add_argument(
+        "target",
+        nargs="?",
+        choices=["m3vit", "gemm"],
+        default="m3vit",
+        help="m3vit (default): the whole flow; gemm: generate, simulate, check and synthesize "
+        "one GEMM engine",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="report directory (default report/; build/demo for gemm)",
+    )
+    from tessera.host.demo import BOARDS
+
+    p.add_argument("--board", default="pynq-z2", choices=list(BOARDS), help="target board")
+    p.add_argument("--devices", default="cpu", help="host-side devices next to the FPGA: cpu, cuda")
+    p.add_argument(
+        "--presets", default="int8,w4a8,edge-moe", help="quantization presets to compare"
+    )
+    p.add_argument("--images", type=integer, default=None, help="first N test images (all 360)")
+    p.add_argument("--batch", type=integer, default=16)
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulations")
+    p.add_argument("--no-synth", action="store_true", help="skip re-synthesizing the chosen design")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_config_args(p, ENGINES["gemm"].config_class())
-    p.add_argument("-o", "--output", default="build/demo", help="output directory")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -149,15 +149,24 @@ def head_cycles(qm: QuantM3ViT, task: int, batch: int, gemm_cfg: GemmConfig | No
     )
 
 
-def m3vit_routings(qm: QuantM3ViT, images: npt.ArrayLike, task: int) -> dict[int, list[MoeRouting]]:
+def m3vit_routings(
+    qm: QuantM3ViT,
+    images: npt.ArrayLike,
+    task: int,
+    *,
+    trace: dict[str, npt.NDArray[Any]] | None = None,
+) -> dict[int, list[MoeRouting]]:
     """Each MoE block's routing of each image, from the integer network.
+
+    ``trace``, if given, is ``qm.per_layer_outputs(images, task)`` already computed.
 
     Returns
     -------
     dict
         Block index -> one :class:`~tessera.models.moe.MoeRouting` per image.
     """
-    trace = qm.per_layer_outputs(images, task)
+    if trace is None:
+        trace = qm.per_layer_outputs(images, task)
     out: dict[int, list[MoeRouting]] = {}
     for i, blk in enumerate(qm.blocks):
         if blk.moe is None:

@@ -98,7 +98,7 @@ def test_simulate_json_reports_pass_cycles_and_utilization(tmp_path):
 
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = _run("demo", "--rows", "2", "--cols", "2", "-o", str(out), cwd=tmp_path)
+    proc = _run("demo", "gemm", "--rows", "2", "--cols", "2", "-o", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "demo PASSED" in proc.stdout
     assert proc.stdout.count(" PASS ") == 4 and " FAIL " not in proc.stdout
