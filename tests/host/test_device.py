@@ -132,3 +132,12 @@ def test_torch_device_resolution() -> None:
     y = dev.copy_out(dev.run(Scale(2), dev.copy_in(np.arange(3.0)).result()).result()).result()
     np.testing.assert_allclose(y, [0.0, 2.0, 4.0])
     assert dev.info["torch_device"] == str(dev.torch_device)
+
+
+def test_device_error_survives_pickling():
+    """Errors cross worker-process and Ray boundaries by pickle."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(DeviceError("fpga:emu1", "timed out after 2 s")))
+    assert isinstance(err, DeviceError) and err.device == "fpga:emu1"
+    assert str(err) == "device fpga:emu1: timed out after 2 s"
