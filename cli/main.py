@@ -695,7 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--images", type=integer, default=None, help="first N test images (all 360)")
     p.add_argument("--batch", type=integer, default=16)
-    p.add_argument("--sim", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--sim", choices=["verilator", "icarus"], default="icarus")
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulations")
     p.add_argument("--no-synth", action="store_true", help="skip re-synthesizing the chosen design")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -60,8 +60,9 @@ class DemoOptions:
         First N test images (all 360 by default).
     batch : int
         Images per batch of the mixed run.
-    sim : {"verilator", "icarus"}
-        RTL simulator.
+    sim : {"icarus", "verilator"}
+        RTL simulator (Icarus starts at once; Verilator compiles each design first, minutes on
+        two cores, then runs faster).
     verify_rtl, resynthesize : bool
         Run the RTL simulations; re-synthesize the chosen design.
     out : str
@@ -77,7 +78,7 @@ class DemoOptions:
     presets: tuple[str, ...] = ("int8", "w4a8", "edge-moe")
     images: int | None = None
     batch: int = 16
-    sim: str = "verilator"
+    sim: str = "icarus"
     verify_rtl: bool = True
     resynthesize: bool = True
     out: str = "report"
@@ -503,9 +504,10 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| resource | array predicted | array synthesized | shared engines predicted |"]
     lines += ["|---|---|---|---|"]
     for r in ("lut", "ff", "dsp", "bram"):
-        actual = (d["actual"] or {}).get(r, "-")
+        actual = (d["actual"] or {}).get(r)
+        shown = "-" if actual is None else f"{actual:,.0f}"
         lines.append(
-            f"| {r.upper()} | {d['predicted'][r]:,.0f} | {actual} | {d['fixed'][r]:,.0f} |"
+            f"| {r.upper()} | {d['predicted'][r]:,.0f} | {shown} | {d['fixed'][r]:,.0f} |"
         )
     lines += ["", "## Mixed run", ""]
     lines.append(
