@@ -458,8 +458,13 @@ class Session:
         self.close()
 
 
+_KIND_KEYS = ("kind", "domain", "link", "torch_device", "clock_mhz", "mode")
+
+
 def _same_kind(a: Device, b: Device) -> bool:
-    return type(a) is type(b) and a.info.get("torch_device") == b.info.get("torch_device")
+    # Twins share measured costs: same class and the same hardware (remote devices included).
+    ia, ib = a.info, b.info
+    return type(a) is type(b) and all(ia.get(k) == ib.get(k) for k in _KIND_KEYS)
 
 
 def _as_numpy(images: npt.ArrayLike | torch.Tensor) -> npt.NDArray[np.float32]:
