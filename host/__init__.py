@@ -11,6 +11,9 @@
 - :mod:`tessera.host.partition`: placement from the cost model;
 - :mod:`tessera.host.session`, :mod:`tessera.host.pool`: sessions with fail-over, and an
   exactly-once device pool;
+- :mod:`tessera.host.ray_pool`: any device hosted in a Ray actor (``ray:SPEC``), for more devices
+  than one host has;
 - :mod:`tessera.host.driver`, :mod:`tessera.host.sim_board`: the board-driver contract and a
-  cocotb-simulated board that runs the drivers on the RTL.
+  cocotb-simulated board that runs the drivers on the RTL;
+- :mod:`tessera.host.demo`: the end-to-end demo (``tessera demo``).
 """
