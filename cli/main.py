@@ -230,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         options = DemoOptions(
             board=args.board,
-            devices=tuple(d for d in args.devices.split(",") if d),
+            devices=tuple(d for d in args.devices.split(",") if d) if args.devices else None,
             presets=tuple(p for p in args.presets.split(",") if p),
             images=args.images,
             batch=args.batch,
@@ -689,7 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tessera.host.demo import BOARDS
 
     p.add_argument("--board", default="pynq-z2", choices=list(BOARDS), help="target board")
-    p.add_argument("--devices", default="cpu", help="host-side devices next to the FPGA: cpu, cuda")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="host-side devices next to the FPGA (default cpu, plus cuda when there is a GPU)",
+    )
     p.add_argument(
         "--presets", default="int8,w4a8,edge-moe", help="quantization presets to compare"
     )

@@ -52,8 +52,9 @@ class DemoOptions:
     ----------
     board : str
         A key of :data:`BOARDS`.
-    devices : tuple of str
+    devices : tuple of str, optional
         Host-side devices next to the FPGA (``cpu``, ``cuda``...); ``fpga:emu`` is added.
+        Default: the CPU, plus the GPU when torch sees one.
     presets : tuple of str
         Quantization presets to evaluate; ``int8`` is always included and is the one deployed.
     images : int or None
@@ -74,7 +75,7 @@ class DemoOptions:
     """
 
     board: str = "pynq-z2"
-    devices: tuple[str, ...] = ("cpu",)
+    devices: tuple[str, ...] | None = None
     presets: tuple[str, ...] = ("int8", "w4a8", "edge-moe")
     images: int | None = None
     batch: int = 16
@@ -99,7 +100,7 @@ class DemoOptions:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.sim not in ("verilator", "icarus"):
             raise ValueError(f"sim must be verilator or icarus, got {self.sim!r}")
-        if any(d.startswith("fpga") for d in self.devices):
+        if any(d.startswith("fpga") for d in self.devices or ()):
             raise ValueError("devices lists the host-side devices; the FPGA is added by the demo")
 
 
@@ -303,7 +304,8 @@ def _pipeline(
     )
     sample = images[: min(count, 16)]
     same = all(np.array_equal(deployed.forward(sample, t), qm.forward(sample, t)) for t in tasks)
-    devices = [*opts.devices, "fpga:emu"]
+    host = opts.devices or (("cpu", "cuda") if torch.cuda.is_available() else ("cpu",))
+    devices = [*host, "fpga:emu"]
     run: dict[str, Any] = {"devices": devices, "array_bit_exact": same, "tasks": {}}
     with Session(deployed, devices, clock_mhz=best.clock_mhz, link=link) as session:
         for t in tasks:
@@ -506,9 +508,7 @@ def _markdown(summary: dict[str, Any]) -> str:
     for r in ("lut", "ff", "dsp", "bram"):
         actual = (d["actual"] or {}).get(r)
         shown = "-" if actual is None else f"{actual:,.0f}"
-        lines.append(
-            f"| {r.upper()} | {d['predicted'][r]:,.0f} | {shown} | {d['fixed'][r]:,.0f} |"
-        )
+        lines.append(f"| {r.upper()} | {d['predicted'][r]:,.0f} | {shown} | {d['fixed'][r]:,.0f} |")
     lines += ["", "## Mixed run", ""]
     lines.append(
         f"{run['images']} image-runs, modelled {run['modelled_images_per_second']:,.0f} images/s,"
