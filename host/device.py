@@ -25,8 +25,9 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -427,6 +428,20 @@ class Device(ABC):
         with self._lock:
             self._events.clear()
             self._free_at = 0.0
+
+    @contextmanager
+    def scratch_timeline(self) -> Iterator[None]:
+        """Run work that must not count (profiling) on a fresh timeline, then restore this one."""
+        with self._lock:
+            saved, free_at = list(self._events), self._free_at
+            self._events.clear()
+            self._free_at = 0.0
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._events[:] = saved
+                self._free_at = free_at
 
     # --- internals ---------------------------------------------------------------------------
     def _occupy(

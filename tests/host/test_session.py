@@ -132,3 +132,17 @@ def test_bad_input(qm, images) -> None:  # type: ignore[no-untyped-def]
     only = FailingFpga("fpga:only", after=0)
     with Session(qm, [only]) as s, pytest.raises(DeviceError, match="last device failed"):
         s.run(images, 0)
+
+
+def test_profiling_a_new_batch_size_keeps_the_timeline(qm, images) -> None:  # type: ignore[no-untyped-def]
+    """Planning for a second batch size profiles the CPU again without erasing its real runs."""
+    with Session(qm, ["cpu"]) as s:
+        s.run(images, 0)
+        ops = len(s.graph(0).nodes)
+        first = [e for e in s.timeline() if e.kind == "run"]
+        assert len(first) == ops
+        s.run(images[:3], 0)
+        runs = [e for e in s.timeline() if e.kind == "run"]
+        assert len(runs) == 2 * ops and runs[:ops] == first
+        assert runs[ops].start >= first[-1].end  # the second batch follows the first
+        assert s.report()["busy_seconds"]["cpu"]["run"] > 0
