@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from tessera.host.driver import BoardDriver
 from tessera.models.gemm import GemmConfig, Requant
-from tessera.sim.harness import default_build_root, run_testbench
+from tessera.sim.harness import default_build_root, run_dir, run_testbench
 
 __all__ = ["CocotbBoard", "run_gemm_driver"]
 
@@ -130,7 +130,7 @@ def run_gemm_driver(
     root = Path(
         build_dir or default_build_root() / "sim" / cfg.short_name / f"driver_{sim}"
     ).resolve()
-    data_dir = root / "job" / "data"
+    data_dir = run_dir(root, "data")
     data_dir.mkdir(parents=True, exist_ok=True)
     cases = []
     for i, (a, b, rq) in enumerate(problems):

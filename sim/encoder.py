@@ -52,7 +52,7 @@ from tessera.rtl.epilogue import Epilogue
 from tessera.rtl.layernorm import LayerNorm
 from tessera.rtl.linear import LinearConfigs, LinearUnit
 from tessera.sim.epilogue import params_arrays, params_from_arrays
-from tessera.sim.harness import default_build_root, run_testbench
+from tessera.sim.harness import default_build_root, run_dir, run_testbench
 
 __all__ = [
     "EncoderDatapath",
@@ -534,7 +534,7 @@ def simulate_encoder_layer(
             raise RuntimeError(f"the block program disagrees with QuantM3ViT at {key}")
 
     root = Path(build_dir) if build_dir else default_build_root() / "sim" / design.short_name / sim
-    data_dir = root.resolve() / "data"
+    data_dir = run_dir(root, "data")
     data_dir.mkdir(parents=True, exist_ok=True)
     data_path = data_dir / "block.npz"
     expected = {f"expected.{op.name}": golden[op.name] for op in program}
@@ -557,7 +557,7 @@ def simulate_encoder_layer(
         build_dir=root,
         waves=waves,
     )
-    outputs = dict(np.load(data_dir.parent / "job" / "outputs.npz"))
+    outputs = dict(np.load(run_dir(root, "job") / "outputs.npz"))
     ops = tuple(OpResult(**r) for r in results)
     checks = {}
     first = next((op.mismatch for op in ops if op.mismatch is not None), None)

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -111,6 +112,15 @@ class SimResult:
 def default_build_root() -> Path:
     """``$TESSERA_BUILD_DIR`` or ``./build``."""
     return Path(os.environ.get("TESSERA_BUILD_DIR", "build"))
+
+
+def run_dir(root: str | os.PathLike, kind: str) -> Path:
+    """``<root>/<kind>-<process>-<thread>``: a run's own data or job directory.
+
+    A build directory is shared by every run of its design (the simulator is built once), so
+    each process and thread writes its stimulus, job and outputs apart from the others.
+    """
+    return Path(root).resolve() / f"{kind}-{os.getpid()}-{threading.get_ident()}"
 
 
 def check_simulator(sim: str) -> None:
@@ -232,7 +242,7 @@ def run_testbench(
     root = Path(build_dir).resolve()
     with _locked(root):
         runner = _build(verilog, top, sim, root, waves)
-        job_dir = root / "job"
+        job_dir = run_dir(root, "job")
         job_dir.mkdir(exist_ok=True)
         results_path = job_dir / "results.json"
         results_path.unlink(missing_ok=True)
@@ -315,7 +325,7 @@ def run_cases(
     if not cases:
         raise ValueError("no cases to simulate")
     root = Path(build_dir) if build_dir else default_build_root() / "sim" / cfg.short_name / sim
-    data_dir = root.resolve() / "data"
+    data_dir = run_dir(root, "data")
     data_dir.mkdir(parents=True, exist_ok=True)
     job_cases = [
         {**write_case(case, data_dir / f"case{i}.npz"), "data": str(data_dir / f"case{i}.npz")}
