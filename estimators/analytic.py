@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.models.softmax import LOG2E
+
 __all__ = [
     "RESOURCES",
     "Inventory",
@@ -111,6 +113,8 @@ def _gemm(cfg: Any) -> Inventory:
 def _exp_unit(t_frac: int, lut_bits: int, exp_frac: int, in_bits: int) -> Inventory:
     """``ExpNeg`` (rtl/exp.py): constant multiply by log2(e), table + interpolation, shift."""
     inv = Inventory()
+    # d * log2(e): Yosys maps a multiply by a wide constant onto a DSP like any other product
+    inv.multipliers.append((in_bits + 1, LOG2E.bit_length()))
     inv.roms = [((1 << lut_bits) + 1, 2 * (exp_frac + 1))]
     interp = max(0, t_frac - lut_bits)
     if interp:
@@ -136,7 +140,8 @@ def _merge(*parts: Inventory) -> Inventory:
     return out
 
 
-def _softmax_core(cfg: Any, rows_in_parallel: int = 1) -> Inventory:
+def _softmax_core(cfg: Any, rows_in_parallel: int = 1, exp_units: int = 2) -> Inventory:
+    """Online softmax datapath of ``rows_in_parallel`` rows with ``exp_units`` exp units each."""
     sum_bits, recip_bits = cfg.sum_bits, cfg.recip_bits
     exp = _exp_unit(cfg.t_frac, cfg.lut_bits, cfg.exp_frac, cfg.in_bits)
     core = Inventory()
@@ -147,7 +152,7 @@ def _softmax_core(cfg: Any, rows_in_parallel: int = 1) -> Inventory:
     core.reg_bits = 2 * (cfg.in_bits + sum_bits + recip_bits) + 2 * sum_bits + 3 * recip_bits
     core.reg_bits += cfg.out_bits + 4 * cfg.len_bits + 16
     core.mux_bits = 2 * (sum_bits + cfg.in_bits)
-    return _merge(core, *([exp] * (2 * rows_in_parallel)))
+    return _merge(*([core] * rows_in_parallel), *([exp] * (exp_units * rows_in_parallel)))
 
 
 def _softmax(cfg: Any) -> Inventory:
@@ -173,7 +178,7 @@ def _layernorm(cfg: Any) -> Inventory:
     inv = Inventory()
     inv.memories = [(2 * cfg.dim, cfg.in_bits), (cfg.dim, 2 * cfg.param_bits)]
     inv.roms = [(1 << cfg.rsqrt_lut_bits, cfg.rsqrt_frac + 1)]
-    mul_bits = max(cfg.rsqrt_frac + 2, cfg.var_bits // 2 + 2)
+    mul_bits = max(cfg.sum_bits, cfg.mantissa_bits + 1)  # as rtl/layernorm.py sizes it
     c_bits = cfg.center_bits
     inv.multipliers = [
         (cfg.in_bits, cfg.in_bits),  # x * x
@@ -181,6 +186,10 @@ def _layernorm(cfg: Any) -> Inventory:
         (cfg.norm_bits, cfg.param_bits),  # z * gamma
         (mul_bits, mul_bits),  # shared sequencer multiplier
     ]
+    if cfg.dim & (cfg.dim - 1):
+        # dim * S2 and dim * x: a power-of-two dim is a shift, any other a constant product
+        dim_bits = cfg.dim.bit_length()
+        inv.multipliers += [(cfg.square_sum_bits, dim_bits), (cfg.in_bits, dim_bits)]
     inv.adder_bits = cfg.sum_bits + cfg.square_sum_bits + cfg.var_bits + c_bits
     inv.adder_bits += cfg.norm_bits + cfg.out_bits + 3 * cfg.dim.bit_length() + 16
     inv.reg_bits = 2 * (cfg.sum_bits + cfg.square_sum_bits) + cfg.var_bits + 4 * mul_bits
@@ -201,14 +210,15 @@ def _attention(cfg: Any) -> Inventory:
     inv = Inventory(fixed_lut=_CSR_LUT, fixed_ff=_CSR_FF)
     inv.multipliers = [(8, 8)] * (p * lanes)  # q . k
     inv.multipliers += [(cfg.weight_bits + 1, 8)] * (p * lanes)  # weights x v
-    inv.multipliers += [(dot, 32)]  # score requantization
+    inv.multipliers += [(dot, 32)] * p  # score requantization, one per query row
     # P query rows on chip, P*D accumulators of the output, per-row score pipeline
     inv.reg_bits = p * cfg.head_dim * 8 + p * beats * lanes * acc + p * (dot + 2 * sm.sum_bits)
     inv.reg_bits += 3 * lanes * 8 + p * lanes * 16
     inv.adder_bits = p * lanes * (dot + acc) + p * 2 * sm.sum_bits
     inv.mux_bits = p * beats * lanes * acc
     inv.memories = [(cfg.max_seq, p * (cfg.score_bits + 1))]
-    return _merge(inv, _softmax_core(sm, rows_in_parallel=p))
+    # one exp unit per row, shared by the online sum (phase K) and the weights (phase V)
+    return _merge(inv, _softmax_core(sm, rows_in_parallel=p, exp_units=1))
 
 
 _INVENTORIES = {
