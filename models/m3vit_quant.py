@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from tessera.models.attention import AttentionConfig, attention, requant_for_scale
 from tessera.models.config import EngineConfig, check_int
-from tessera.models.gelu import gelu, gelu_float
+from tessera.models.gelu import gelu
 from tessera.models.gemm import GemmConfig, Requant, gemm
 from tessera.models.layernorm import LayerNormConfig, layernorm, quantize_params
 from tessera.models.m3vit import LAYERNORM_EPS, M3ViT, M3ViTConfig, MoeLayer
@@ -1070,58 +1070,17 @@ def _is_power_of_two(value: int) -> bool:
 def _moe_weights(
     cfg: MoeConfig, params: dict[str, FloatArray], calibration: FloatArray, pre: QuantPreset
 ) -> MoeWeights:
-    """:meth:`MoeWeights.from_float` under the scale rules of ``pre``.
-
-    The same calibration (input scale over ``calibration``, each expert's hidden scale over its
-    GELU outputs, one output scale over every expert's outputs), with every weight scale chosen
+    """:meth:`MoeWeights.from_float` under the scale rules of ``pre``: every weight scale chosen
     per matrix by ``pre.weight_scale`` and every scale rounded up to a power of two when
-    ``pre.power_of_two``.
-    """
+    ``pre.power_of_two``."""
     wspec = QuantSpec(bits=cfg.weight_bits)
-
-    def per_matrix(stack: FloatArray) -> tuple[IntArray, FloatArray]:
-        # One scale per (in, out) matrix: the torch (out, in) layout is its transpose.
-        scales = np.array([_weight_scales(m.T, wspec, pre)[0] for m in stack])
-        bits = cfg.weight_bits
-        q = np.stack(
-            [quantize(m, _tensor_params(s, bits)) for m, s in zip(stack, scales, strict=True)]
-        )
-        return q, scales
-
-    def act(x: FloatArray) -> float:
-        return _scale_for(float(np.abs(x).max()), cfg.act_bits, pre.power_of_two)
-
-    gate_q, gate_scale = per_matrix(params["gate"])
-    w1_q, w1_scale = per_matrix(params["w1"])
-    w2_q, w2_scale = per_matrix(params["w2"])
-    x_scale = act(calibration)
-    x_deq = quantize(calibration, _tensor_params(x_scale, cfg.act_bits)) * x_scale
-    lo, hi = cfg.bias_range
-    b1_q = np.clip(np.round(params["b1"] / (x_scale * w1_scale[:, None])), lo, hi)
-    hidden_scale = np.empty(cfg.experts)
-    outputs = []
-    for e in range(cfg.experts):
-        h = gelu_float(x_deq @ (w1_q[e] * w1_scale[e]) + b1_q[e] * x_scale * w1_scale[e])
-        hidden_scale[e] = act(h)
-        outputs.append(h @ (w2_q[e] * w2_scale[e]) + params["b2"][e])
-    y_scale = act(np.stack(outputs))
-    b2_q = np.clip(np.round(params["b2"] / (hidden_scale * w2_scale)[:, None]), lo, hi)
-    quant = MoeQuant.from_scales(
+    return MoeWeights.from_float(
         cfg,
-        x_scale=x_scale,
-        y_scale=y_scale,
-        gate_scale=gate_scale,
-        w1_scale=w1_scale,
-        hidden_scale=hidden_scale,
-        w2_scale=w2_scale,
-    )
-    return MoeWeights(
-        gate=gate_q,
-        w1=w1_q,
-        b1=b1_q.astype(np.int64),
-        w2=w2_q,
-        b2=b2_q.astype(np.int64),
-        quant=quant,
+        **params,
+        calibration=calibration,
+        # One scale per (in, out) matrix: the torch (out, in) layout is its transpose.
+        weight_scale=lambda m: float(_weight_scales(m.T, wspec, pre)[0]),
+        act_scale=lambda x: _scale_for(float(np.abs(x).max()), cfg.act_bits, pre.power_of_two),
     )
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ import numpy.typing as npt
 from tessera.models.config import EngineConfig, check_int
 from tessera.models.gelu import GeluConfig, gelu, gelu_float
 from tessera.models.gemm import GemmConfig, Requant, gemm, gemm_tiles
-from tessera.models.quantize import QuantSpec, calibrate, quantize
+from tessera.models.quantize import QuantParams, QuantSpec, calibrate, quantize
 from tessera.models.rounding import (
     Overflow,
     Rounding,
@@ -543,6 +544,8 @@ class MoeWeights:
         w2: npt.ArrayLike,
         b2: npt.ArrayLike,
         calibration: npt.ArrayLike,
+        weight_scale: Callable[[FloatArray], float] | None = None,
+        act_scale: Callable[[FloatArray], float] | None = None,
     ) -> MoeWeights:
         """Quantize a float MoE layer (e.g. a torch one's parameters, as numpy arrays).
 
@@ -566,6 +569,12 @@ class MoeWeights:
             ``torch.nn.Linear.weight``.
         calibration : array_like of float, shape (tokens, dim)
             Representative input tokens.
+        weight_scale : callable, optional
+            ``weight_scale(matrix)``: the symmetric scale of one ``(in, out)`` weight matrix
+            (default: it covers the matrix's largest magnitude, as ``calibrate``).
+        act_scale : callable, optional
+            ``act_scale(values)``: the symmetric scale of an activation tensor (default: covers
+            its largest magnitude). Quantization presets pass their own rules for both.
 
         Returns
         -------
@@ -596,26 +605,34 @@ class MoeWeights:
         act_spec = QuantSpec(bits=cfg.act_bits)
         weight_spec = QuantSpec(bits=cfg.weight_bits)
 
+        def covering(spec: QuantSpec) -> Callable[[FloatArray], float]:
+            return lambda x: float(calibrate(x, spec).scale)
+
+        weight_scale = weight_scale or covering(weight_spec)
+        act_scale = act_scale or covering(act_spec)
+
+        def symmetric(x: FloatArray, scale: float, spec: QuantSpec) -> IntArray:
+            return quantize(x, QuantParams(np.float64(scale), np.int64(0), spec))
+
         def per_slice(stack: FloatArray) -> tuple[IntArray, FloatArray]:
-            params = [calibrate(m, weight_spec) for m in stack]
-            q = np.stack([quantize(m, p) for m, p in zip(stack, params, strict=True)])
-            return q, np.array([float(p.scale) for p in params])
+            scales = np.array([weight_scale(m) for m in stack])
+            q = np.stack([symmetric(m, s, weight_spec) for m, s in zip(stack, scales, strict=True)])
+            return q, scales
 
         gate_q, gate_scale = per_slice(arrays["gate"])
         w1_q, w1_scale = per_slice(arrays["w1"])
         w2_q, w2_scale = per_slice(arrays["w2"])
-        x_params = calibrate(arrays["calibration"], act_spec)
-        x_scale = float(x_params.scale)
-        x_deq = quantize(arrays["calibration"], x_params) * x_scale
+        x_scale = act_scale(arrays["calibration"])
+        x_deq = symmetric(arrays["calibration"], x_scale, act_spec) * x_scale
         lo, hi = cfg.bias_range
         b1_q = np.clip(np.round(arrays["b1"] / (x_scale * w1_scale[:, None])), lo, hi)
         hidden_scale = np.empty(cfg.experts)
         outputs = []
         for e in range(cfg.experts):
             h = gelu_float(x_deq @ (w1_q[e] * w1_scale[e]) + b1_q[e] * x_scale * w1_scale[e])
-            hidden_scale[e] = float(calibrate(h, act_spec).scale)
+            hidden_scale[e] = act_scale(h)
             outputs.append(h @ (w2_q[e] * w2_scale[e]) + arrays["b2"][e])
-        y_scale = float(calibrate(np.stack(outputs), act_spec).scale)
+        y_scale = act_scale(np.stack(outputs))
         b2_q = np.clip(np.round(arrays["b2"] / (hidden_scale * w2_scale)[:, None]), lo, hi)
         quant = MoeQuant.from_scales(
             cfg,
