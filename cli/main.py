@@ -519,10 +519,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{100 * r['agreement_with_float']:.2f} % over {count} images"
         )
     for plan in report["plans"]:
-        counts: dict[str, int] = {}
-        for dev in plan["placement"].values():
-            counts[dev] = counts.get(dev, 0) + 1
-        where = ", ".join(f"{n} ops on {d}" for d, n in counts.items())
+        where = ", ".join(f"{n} ops on {d}" for d, n in plan["ops_per_device"].items())
         print(
             f"plan task {plan['task']} batch {plan['batch']}: {where}; predicted "
             f"{1e6 * plan['predicted_seconds']:.1f} us per batch"

@@ -515,12 +515,9 @@ def _markdown(summary: dict[str, Any]) -> str:
         f" host wall time {run['wall_seconds']:.1f} s; {run['crossings']} domain crossings."
     )
     for plan in run["plans"]:
-        where: dict[str, int] = {}
-        for dev in plan["placement"].values():
-            where[dev] = where.get(dev, 0) + 1
         lines.append(
             f"- task {plan['task']}, batch {plan['batch']}: "
-            + ", ".join(f"{n} ops on {dev}" for dev, n in where.items())
+            + ", ".join(f"{n} ops on {dev}" for dev, n in plan["ops_per_device"].items())
             + f"; predicted {1e6 * plan['predicted_seconds']:.1f} µs per batch"
         )
     lines += ["", "## Step times (s)", ""]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -430,6 +431,7 @@ class Session:
                     "batch": p.batch,
                     "predicted_seconds": p.predicted_seconds,
                     "placement": p.placement,
+                    "ops_per_device": dict(Counter(p.placement.values())),
                 }
                 for p in self._plans.values()
             ],

@@ -10,20 +10,6 @@ from tessera.host.fpga import FpgaEmulator
 from tessera.host.graph import run_graph
 from tessera.host.m3vit import m3vit_graph
 from tessera.host.torch_device import TorchDevice
-from tessera.models.m3vit import digits_tasks, load_m3vit
-from tessera.models.m3vit_quant import quantize_m3vit
-
-
-@pytest.fixture(scope="module")
-def qm():  # type: ignore[no-untyped-def]
-    model, cfg = load_m3vit()
-    train, _ = digits_tasks()
-    return quantize_m3vit(model, cfg, train.images[:128], "int8")
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return digits_tasks()[1].images[:8]
 
 
 @pytest.mark.parametrize("task", [0, 1])

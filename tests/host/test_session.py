@@ -11,20 +11,6 @@ import torch
 from tessera.host.device import DeviceError, LinkModel
 from tessera.host.fpga import FpgaEmulator
 from tessera.host.session import Session, make_device
-from tessera.models.m3vit import digits_tasks, load_m3vit
-from tessera.models.m3vit_quant import quantize_m3vit
-
-
-@pytest.fixture(scope="module")
-def qm():  # type: ignore[no-untyped-def]
-    model, cfg = load_m3vit()
-    train, _ = digits_tasks()
-    return quantize_m3vit(model, cfg, train.images[:128], "int8")
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return digits_tasks()[1].images[:8]
 
 
 def test_fpga_only_session_is_the_integer_network(qm, images) -> None:  # type: ignore[no-untyped-def]
