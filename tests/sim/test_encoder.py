@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tessera.estimators.cycles import attention_cycles, gemm_cycles, layernorm_cycles
+from tessera.estimators.m3vit_cycles import attention_block_cycles
 from tessera.models.m3vit import digits_tasks, load_m3vit
 from tessera.models.m3vit_quant import quantize_m3vit
 from tessera.rtl.epilogue import latency as epilogue_latency
@@ -88,6 +89,12 @@ def test_block0_bit_exact_on_rtl(setup, sim: str, stalls: float) -> None:
         epi = design.linear[linear].epi
         assert by_op[name] == model[name] - start + epilogue_latency(epi), name
     assert result.cycles == sum(by_op.values())
+    # The whole-network model's attention stage is these measured counts: LayerNorm, the four
+    # projections' and both heads' CYCLES registers.
+    measured = by_op["norm1"] + sum(
+        engine[op] for op in ("q", "k", "v", "out", "attn.h0", "attn.h1")
+    )
+    assert attention_block_cycles(qm, 0, 1, gcfg) == measured
 
 
 def test_golden_program_is_the_network(setup) -> None:
