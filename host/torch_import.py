@@ -90,7 +90,13 @@ from tessera.host.graph import Graph, Node, QFormat
 from tessera.models.gelu import GeluConfig, gelu
 from tessera.models.gemm import GemmConfig, gemm
 from tessera.models.layernorm import LayerNormConfig, quantize_params
-from tessera.models.m3vit_quant import _frac_for, _Norm, _quant_linear, _Requants, _scale_for
+from tessera.models.m3vit_quant import (
+    ColumnRequant,
+    QuantLayerNorm,
+    frac_bits_for,
+    quantize_linear,
+    symmetric_scale,
+)
 from tessera.models.rounding import Rounding, saturate
 from tessera.models.softmax import SoftmaxConfig, softmax
 
@@ -279,20 +285,20 @@ class ImportedModel:
 
 # --- helpers -------------------------------------------------------------------------------
 def _act8(r: float) -> QFormat:
-    return QFormat(_scale_for(r, _OUT8), _OUT8)
+    return QFormat(symmetric_scale(r, _OUT8), _OUT8)
 
 
 def _wide(r: float) -> QFormat:
-    return QFormat(_scale_for(r, _WIDE), _WIDE)
+    return QFormat(symmetric_scale(r, _WIDE), _WIDE)
 
 
 def _fixed(r: float) -> QFormat:
-    return QFormat(2.0 ** -_frac_for(r, _WIDE), _WIDE)
+    return QFormat(2.0 ** -frac_bits_for(r, _WIDE), _WIDE)
 
 
 def _gelu_cfg(r: float) -> GeluConfig:
     # Default ROM unit; fewer fraction bits only when the range needs them (5 = the ROM step).
-    return GeluConfig(in_bits=_WIDE, in_frac=min(10, max(5, _frac_for(r, _WIDE))))
+    return GeluConfig(in_bits=_WIDE, in_frac=min(10, max(5, frac_bits_for(r, _WIDE))))
 
 
 def _stream(count: int) -> int:
@@ -304,7 +310,7 @@ def _rescaler(src: QFormat, dst: QFormat, where: str) -> Callable[[IntArray], In
     if src == dst:
         return None
     try:
-        return _Requants.of(src.scale / dst.scale, dst.bits)
+        return ColumnRequant.of(src.scale / dst.scale, dst.bits)
     except ValueError as exc:
         raise ValueError(
             f"{where}: cannot requantize scale {src.scale:g} to {dst.scale:g}: {exc}"
@@ -720,7 +726,7 @@ class _Importer:
         mod = self.gm.get_submodule(str(n.target))
         need, out = _act8(self._range(x)), self.fmts[n]
         pre = self._in(n, x, need)
-        lin = _quant_linear(mod.weight, mod.bias, need.scale, out.scale, out.bits, _OUT8, True)
+        lin = quantize_linear(mod.weight, mod.bias, need.scale, out.scale, out.bits, _OUT8, True)
         cfg = self.gemm_cfg
         k, m = lin.w.shape
 
@@ -742,7 +748,7 @@ class _Importer:
         fa, fb = _act8(self._range(a)), _act8(self._range(b))
         pa, pb = self._in(n, a, fa), self._in(n, b, fb)
         out = self.fmts[n]
-        requant = _Requants.of(fa.scale * fb.scale / out.scale, out.bits)
+        requant = ColumnRequant.of(fa.scale * fb.scale / out.scale, out.bits)
         cfg = self.gemm_cfg
         order = [inputs.index(a), inputs.index(b)]  # inputs are deduplicated (x @ x)
 
@@ -779,20 +785,20 @@ class _Importer:
         gamma = mod.weight.detach().double().numpy() if mod.weight is not None else np.ones(dim)
         beta = mod.bias.detach().double().numpy() if mod.bias is not None else np.zeros(dim)
         pmax = float(max(np.abs(gamma).max(), np.abs(beta).max()))
-        param_frac = min(11, _frac_for(pmax, 16, headroom=0))
+        param_frac = min(11, frac_bits_for(pmax, 16, headroom=0))
         ln_cfg = LayerNormConfig(
             dim=dim,
             in_bits=_WIDE,
             in_frac=-round(math.log2(need.scale)),
             out_bits=_WIDE,
-            out_frac=min(_frac_for(self._range(n), _WIDE), 14 + param_frac),
+            out_frac=min(frac_bits_for(self._range(n), _WIDE), 14 + param_frac),
             param_bits=16,
             param_frac=param_frac,
             eps=float(mod.eps),
         )
         g, bq = quantize_params(gamma, beta, ln_cfg)
-        norm = _Norm(
-            ln_cfg, g, bq, out.scale, _Requants.of(2.0**-ln_cfg.out_frac / out.scale, out.bits)
+        norm = QuantLayerNorm(
+            ln_cfg, g, bq, out.scale, ColumnRequant.of(2.0**-ln_cfg.out_frac / out.scale, out.bits)
         )
 
         def run(xr: IntArray) -> IntArray:

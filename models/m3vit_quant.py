@@ -91,11 +91,17 @@ __all__ = [
     "FILE_FORMAT",
     "FILE_VERSION",
     "PRESETS",
+    "ColumnRequant",
+    "QuantLayerNorm",
+    "QuantLinear",
     "QuantM3ViT",
     "QuantPreset",
     "float_trace",
+    "frac_bits_for",
     "load_quant_m3vit",
+    "quantize_linear",
     "quantize_m3vit",
+    "symmetric_scale",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -228,7 +234,7 @@ def _tensor_params(scale: float, bits: int) -> QuantParams:
     return QuantParams(scale=np.float64(scale), zero_point=np.int64(0), spec=QuantSpec(bits=bits))
 
 
-def _scale_for(max_abs: float, bits: int, power_of_two: bool = False) -> float:
+def symmetric_scale(max_abs: float, bits: int, power_of_two: bool = False) -> float:
     """Symmetric scale covering ``max_abs`` (as :func:`calibrate` computes it), rounded up to a
     power of two when ``power_of_two``."""
     scale = float(calibrate(np.array([max_abs, -max_abs]), QuantSpec(bits=bits)).scale)
@@ -260,14 +266,14 @@ def _weight_scales(w: FloatArray, spec: QuantSpec, pre: QuantPreset) -> FloatArr
     return np.broadcast_to(base, (w.shape[0],)).astype(np.float64)
 
 
-def _frac_for(max_abs: float, bits: int, headroom: int = 1) -> int:
+def frac_bits_for(max_abs: float, bits: int, headroom: int = 1) -> int:
     """Fraction bits of a signed ``bits`` fixed-point format holding ``max_abs * 2**headroom``."""
     int_bits = max(0, math.ceil(math.log2(max(max_abs, 1e-12) * 2**headroom)))
     return max(0, bits - 1 - int_bits)
 
 
 @dataclass(frozen=True, eq=False)
-class _Requants:
+class ColumnRequant:
     """Per-column (or scalar) ``multiplier / 2**shift`` of a requantization."""
 
     multiplier: IntArray
@@ -275,7 +281,8 @@ class _Requants:
     bits: int
 
     @classmethod
-    def of(cls, scale: npt.ArrayLike, bits: int) -> _Requants:
+    def of(cls, scale: npt.ArrayLike, bits: int) -> ColumnRequant:
+        """The requantization by ``scale`` (per column or scalar) to signed ``bits``."""
         values = np.atleast_1d(np.asarray(scale, dtype=np.float64))
         pairs = [quantize_multiplier(float(v)) for v in values]
         m = np.array([p[0] for p in pairs], dtype=np.int64)
@@ -296,7 +303,7 @@ class _Requants:
 
 
 @dataclass(frozen=True, eq=False)
-class _Linear:
+class QuantLinear:
     """Integer linear layer: ``requant(gemm(x, w) + b)``; ``requant=None`` keeps the int32 sums.
 
     ``w`` is (in, out) int, ``w_scale`` per column (or one), ``b`` int32 at ``x_scale * w_scale``.
@@ -306,7 +313,7 @@ class _Linear:
     b: IntArray
     w_scale: FloatArray
     x_scale: float
-    requant: _Requants | None
+    requant: ColumnRequant | None
     out_scale: float | None
 
     def __call__(self, x: IntArray, gemm_cfg: GemmConfig) -> IntArray:
@@ -318,7 +325,7 @@ class _Linear:
         return (self.w * self.w_scale).T
 
 
-def _quant_linear(
+def quantize_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     x_scale: float,
@@ -327,7 +334,7 @@ def _quant_linear(
     weight_bits: int,
     per_channel: bool,
     preset: QuantPreset | None = None,
-) -> _Linear:
+) -> QuantLinear:
     """Quantize a torch ``(out, in)`` weight; ``out_scale`` None keeps int32 accumulators.
 
     ``preset`` supplies the scale rules (power-of-two scales, MSE-chosen weight scales); without
@@ -347,17 +354,20 @@ def _quant_linear(
     acc_scale = x_scale * w_scale
     b = np.zeros(w.shape[0]) if bias is None else bias.detach().double().numpy()
     bq = np.clip(np.round(b / acc_scale), *_INT32).astype(np.int64)
-    requant = None if out_scale is None else _Requants.of(acc_scale / out_scale, out_bits)
-    return _Linear(wq.T.copy(), bq, w_scale, x_scale, requant, out_scale)
+    requant = None if out_scale is None else ColumnRequant.of(acc_scale / out_scale, out_bits)
+    return QuantLinear(wq.T.copy(), bq, w_scale, x_scale, requant, out_scale)
 
 
 @dataclass(frozen=True, eq=False)
-class _Norm:
+class QuantLayerNorm:
+    """Integer LayerNorm: the golden ``layernorm`` followed by a requantization to
+    ``out_scale``."""
+
     cfg: LayerNormConfig
     gamma: IntArray
     beta: IntArray
     out_scale: float
-    requant: _Requants
+    requant: ColumnRequant
 
     def __call__(self, x: IntArray) -> IntArray:
         return self.requant(layernorm(x, self.gamma, self.beta, self.cfg))
@@ -365,19 +375,19 @@ class _Norm:
 
 @dataclass(frozen=True, eq=False)
 class _Block:
-    norm1: _Norm
-    q: _Linear
-    k: _Linear
-    v: _Linear
-    out: _Linear
+    norm1: QuantLayerNorm
+    q: QuantLinear
+    k: QuantLinear
+    v: QuantLinear
+    out: QuantLinear
     score_requant: Requant
-    norm2: _Norm
-    fc1: _Linear | None = None
-    hidden_requant: _Requants | None = None
+    norm2: QuantLayerNorm
+    fc1: QuantLinear | None = None
+    hidden_requant: ColumnRequant | None = None
     hidden_scale: float = 1.0
-    fc2: _Linear | None = None
+    fc2: QuantLinear | None = None
     moe: MoeWeights | None = None
-    moe_out: _Requants | None = None
+    moe_out: ColumnRequant | None = None
 
 
 def float_trace(model: M3ViT, images: torch.Tensor, task: int) -> dict[str, torch.Tensor]:
@@ -503,12 +513,12 @@ class QuantM3ViT:
     moe_cfg: MoeConfig
     res_frac: int
     in_scale: float
-    patch: _Linear
+    patch: QuantLinear
     cls_pos: IntArray
     pos: IntArray
     blocks: tuple[_Block, ...]
-    norm: _Norm
-    heads: tuple[_Linear, ...]
+    norm: QuantLayerNorm
+    heads: tuple[QuantLinear, ...]
     model: M3ViT = field(repr=False)
 
     # --- integer network ------------------------------------------------------------------
@@ -748,7 +758,7 @@ class QuantM3ViT:
         def fq(x: torch.Tensor, scale: float, bits: int = pre.act_bits) -> torch.Tensor:
             return fake_quant_torch(x, _tensor_params(scale, bits))
 
-        def fw(lin: _Linear) -> torch.Tensor:
+        def fw(lin: QuantLinear) -> torch.Tensor:
             w = torch.from_numpy(lin.w.T.astype(np.float64))
             spec = QuantSpec(bits=pre.weight_bits, granularity="channel", axis=0)
             params = QuantParams(
@@ -756,7 +766,7 @@ class QuantM3ViT:
             )
             return fake_quant_torch(w * torch.from_numpy(lin.w_scale)[:, None], params)
 
-        def linear(x: torch.Tensor, lin: _Linear) -> torch.Tensor:
+        def linear(x: torch.Tensor, lin: QuantLinear) -> torch.Tensor:
             bias = torch.from_numpy(lin.b * lin.x_scale * lin.w_scale)
             return x @ fw(lin).T + bias
 
@@ -765,7 +775,7 @@ class QuantM3ViT:
         def fres(x: torch.Tensor) -> torch.Tensor:
             return fq(x, res, pre.residual_bits)
 
-        def norm(x: torch.Tensor, n: _Norm) -> torch.Tensor:
+        def norm(x: torch.Tensor, n: QuantLayerNorm) -> torch.Tensor:
             g = torch.from_numpy(n.gamma / 2.0**n.cfg.param_frac)
             bb = torch.from_numpy(n.beta / 2.0**n.cfg.param_frac)
             return fq(F.layer_norm(x, (d,), g, bb, LAYERNORM_EPS), n.out_scale)
@@ -817,22 +827,22 @@ def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _pack_requants(r: _Requants | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
+def _pack_requants(r: ColumnRequant | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
     if r is None:
         return None
     arrays[f"{key}.multiplier"], arrays[f"{key}.shift"] = r.multiplier, r.shift
     return {"bits": int(r.bits)}
 
 
-def _unpack_requants(meta: Any, key: str, arrays: Any) -> _Requants | None:
+def _unpack_requants(meta: Any, key: str, arrays: Any) -> ColumnRequant | None:
     if meta is None:
         return None
-    return _Requants(
+    return ColumnRequant(
         _int64(arrays[f"{key}.multiplier"]), _int64(arrays[f"{key}.shift"]), int(meta["bits"])
     )
 
 
-def _pack_linear(lin: _Linear | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
+def _pack_linear(lin: QuantLinear | None, key: str, arrays: dict[str, np.ndarray]) -> Any:
     if lin is None:
         return None
     arrays[f"{key}.w"], arrays[f"{key}.b"], arrays[f"{key}.w_scale"] = lin.w, lin.b, lin.w_scale
@@ -843,10 +853,10 @@ def _pack_linear(lin: _Linear | None, key: str, arrays: dict[str, np.ndarray]) -
     }
 
 
-def _unpack_linear(meta: Any, key: str, arrays: Any) -> _Linear | None:
+def _unpack_linear(meta: Any, key: str, arrays: Any) -> QuantLinear | None:
     if meta is None:
         return None
-    return _Linear(
+    return QuantLinear(
         _int64(arrays[f"{key}.w"]),
         _int64(arrays[f"{key}.b"]),
         np.asarray(arrays[f"{key}.w_scale"], dtype=np.float64),
@@ -856,7 +866,7 @@ def _unpack_linear(meta: Any, key: str, arrays: Any) -> _Linear | None:
     )
 
 
-def _pack_norm(norm: _Norm, key: str, arrays: dict[str, np.ndarray]) -> Any:
+def _pack_norm(norm: QuantLayerNorm, key: str, arrays: dict[str, np.ndarray]) -> Any:
     arrays[f"{key}.gamma"], arrays[f"{key}.beta"] = norm.gamma, norm.beta
     return {
         "cfg": norm.cfg.to_dict(),
@@ -865,11 +875,11 @@ def _pack_norm(norm: _Norm, key: str, arrays: dict[str, np.ndarray]) -> Any:
     }
 
 
-def _unpack_norm(meta: Any, key: str, arrays: Any) -> _Norm:
+def _unpack_norm(meta: Any, key: str, arrays: Any) -> QuantLayerNorm:
     requant = _unpack_requants(meta["requant"], f"{key}.requant", arrays)
     if requant is None:
         raise ValueError(f"{key} has no requantization")
-    return _Norm(
+    return QuantLayerNorm(
         LayerNormConfig.from_dict(meta["cfg"]),
         _int64(arrays[f"{key}.gamma"]),
         _int64(arrays[f"{key}.beta"]),
@@ -1028,7 +1038,7 @@ def load_quant_m3vit(path: str | os.PathLike[str]) -> QuantM3ViT:
         ) from None
 
 
-def _out_scale(lin: _Linear) -> float:
+def _out_scale(lin: QuantLinear) -> float:
     """Output scale of a requantized linear layer."""
     if lin.out_scale is None:
         raise ValueError("the layer keeps int32 accumulators and has no output scale")
@@ -1080,7 +1090,7 @@ def _moe_weights(
         calibration=calibration,
         # One scale per (in, out) matrix: the torch (out, in) layout is its transpose.
         weight_scale=lambda m: float(_weight_scales(m.T, wspec, pre)[0]),
-        act_scale=lambda x: _scale_for(float(np.abs(x).max()), cfg.act_bits, pre.power_of_two),
+        act_scale=lambda x: symmetric_scale(float(np.abs(x).max()), cfg.act_bits, pre.power_of_two),
     )
 
 
@@ -1124,7 +1134,7 @@ def quantize_m3vit(
     d = cfg.embed_dim
 
     def act_scale(name: str, bits: int = ab) -> float:
-        return _scale_for(rec.max_abs[name], bits, pow2)
+        return symmetric_scale(rec.max_abs[name], bits, pow2)
 
     def linear(
         layer: torch.nn.Module,
@@ -1132,14 +1142,14 @@ def quantize_m3vit(
         out_scale: float | None,
         out_bits: int,
         channel: bool = per_channel,
-    ) -> _Linear:
-        return _quant_linear(
+    ) -> QuantLinear:
+        return quantize_linear(
             layer.weight, layer.bias, x_scale, out_scale, out_bits, wb, channel, pre
         )
 
-    res_frac = _frac_for(rec.max_abs["residual"], pre.residual_bits)
+    res_frac = frac_bits_for(rec.max_abs["residual"], pre.residual_bits)
     res = 2.0**-res_frac
-    in_scale = _scale_for(float(calibration_images.abs().max()), ab, pow2)
+    in_scale = symmetric_scale(float(calibration_images.abs().max()), ab, pow2)
     gemm_cfg = GemmConfig(
         rows=16, cols=16, acc_bits=32, out_bits=ab, dim_bits=16, rounding=_ROUNDING
     )
@@ -1166,10 +1176,10 @@ def quantize_m3vit(
     def tensor(x: torch.Tensor) -> FloatArray:
         return x.detach().double().numpy()
 
-    def make_norm(ln: torch.nn.LayerNorm, out_scale: float, name: str) -> _Norm:
+    def make_norm(ln: torch.nn.LayerNorm, out_scale: float, name: str) -> QuantLayerNorm:
         gamma, beta = tensor(ln.weight), tensor(ln.bias)
         pmax = float(max(np.abs(gamma).max(), np.abs(beta).max()))
-        out_frac = _frac_for(rec.max_abs[name], pre.ln_out_bits)
+        out_frac = frac_bits_for(rec.max_abs[name], pre.ln_out_bits)
         ln_cfg = LayerNormConfig(
             dim=d,
             in_bits=pre.residual_bits,
@@ -1177,11 +1187,13 @@ def quantize_m3vit(
             out_bits=pre.ln_out_bits,
             out_frac=out_frac,
             param_bits=16,
-            param_frac=min(11, _frac_for(pmax, 16, headroom=0)),
+            param_frac=min(11, frac_bits_for(pmax, 16, headroom=0)),
             eps=LAYERNORM_EPS,
         )
         g, bq = quantize_params(gamma, beta, ln_cfg)
-        return _Norm(ln_cfg, g, bq, out_scale, _Requants.of(2.0**-out_frac / out_scale, ab))
+        return QuantLayerNorm(
+            ln_cfg, g, bq, out_scale, ColumnRequant.of(2.0**-out_frac / out_scale, ab)
+        )
 
     conv = model.patch_embed
     patch = linear(conv, in_scale, res, pre.residual_bits)
@@ -1225,7 +1237,7 @@ def quantize_m3vit(
                 _Block(
                     norm1, q, k, v, out, score_rq, norm2,
                     moe=moe,
-                    moe_out=_Requants.of(moe.quant.y_scale / res, pre.residual_bits),
+                    moe_out=ColumnRequant.of(moe.quant.y_scale / res, pre.residual_bits),
                 )
             )  # fmt: skip
         else:
@@ -1239,7 +1251,7 @@ def quantize_m3vit(
                 _Block(
                     norm1, q, k, v, out, score_rq, norm2,
                     fc1=fc1,
-                    hidden_requant=_Requants.of(gelu_scale / s_h, ab),
+                    hidden_requant=ColumnRequant.of(gelu_scale / s_h, ab),
                     hidden_scale=s_h,
                     fc2=fc2,
                 )
