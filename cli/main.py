@@ -237,7 +237,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sim=args.sim,
             verify_rtl=not args.no_rtl,
             resynthesize=not args.no_synth,
-            out=args.output or "report",
+            out=args.output or DemoOptions.out,
             progress=not args.json,
         )
     except ValueError as exc:
@@ -683,20 +683,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="report directory (default report/; build/demo for gemm)",
     )
-    from tessera.host.demo import BOARDS
+    from tessera.host.demo import BOARDS, DemoOptions
 
-    p.add_argument("--board", default="pynq-z2", choices=list(BOARDS), help="target board")
+    demo = DemoOptions()  # the demo's defaults live in one place
+    p.add_argument("--board", default=demo.board, choices=list(BOARDS), help="target board")
     p.add_argument(
         "--devices",
         default=None,
         help="host-side devices next to the FPGA (default cpu, plus cuda when there is a GPU)",
     )
     p.add_argument(
-        "--presets", default="int8,w4a8,edge-moe", help="quantization presets to compare"
+        "--presets", default=",".join(demo.presets), help="quantization presets to compare"
     )
     p.add_argument("--images", type=integer, default=None, help="first N test images (all 360)")
-    p.add_argument("--batch", type=integer, default=16)
-    p.add_argument("--sim", choices=["verilator", "icarus"], default="icarus")
+    p.add_argument("--batch", type=integer, default=demo.batch)
+    p.add_argument("--sim", choices=["verilator", "icarus"], default=demo.sim)
     p.add_argument("--no-rtl", action="store_true", help="skip the RTL simulations")
     p.add_argument("--no-synth", action="store_true", help="skip re-synthesizing the chosen design")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
