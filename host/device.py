@@ -21,6 +21,7 @@ starts only after the producer and the transfer, and transfers overlap compute o
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -154,6 +155,70 @@ class Op(ABC):
         """Whether the op implements ``domain``."""
         method = {"float": "run_float", "int": "run_int"}[domain]
         return getattr(type(self), method) is not getattr(Op, method)
+
+
+class FunctionOp(Op):
+    """An op made of three functions, with the torch module its float form runs resident per
+    device (copied to a GPU once, on first use there).
+
+    Parameters
+    ----------
+    name, kind : str
+        Op name and kind.
+    run_int, cycles : callable
+        Integer form and its engine cycles, both on raw integer inputs.
+    run_float : callable
+        ``run_float(module, *tensors)``: the float form with ``module`` (``None`` if none was
+        given) on the tensors' device.
+    out_shape : callable
+        ``out_shape(batch)``: the output's shape for ``batch`` inputs.
+    module : torch.nn.Module, optional
+        What ``run_float`` computes with.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        run_int: Callable[..., npt.NDArray[np.int64]],
+        run_float: Callable[..., Any],
+        cycles: Callable[..., int],
+        out_shape: Callable[[int], tuple[int, ...]],
+        module: Any = None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self._int = run_int
+        self._float = run_float
+        self._cycles = cycles
+        self._shape = out_shape
+        self._module = module
+        self._resident: dict[str, Any] = {}
+
+    def out_shape(self, batch: int) -> tuple[int, ...]:
+        """Output shape for ``batch`` inputs."""
+        return self._shape(batch)
+
+    def run_int(self, *inputs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Bit-exact integer form on raw inputs in their values' formats."""
+        return self._int(*inputs)
+
+    def fpga_cycles(self, *inputs: npt.NDArray[np.int64]) -> int:
+        """Engine cycles of :meth:`run_int` on these inputs."""
+        return int(self._cycles(*inputs))
+
+    def run_float(self, *inputs: Any) -> Any:
+        """The float form on the inputs' device (the module resident there after first use)."""
+        module = self._module
+        if module is not None:
+            device = inputs[0].device
+            key = str(device)
+            if key not in self._resident:
+                self._resident[key] = (
+                    module if device.type == "cpu" else copy.deepcopy(module).to(device)
+                )
+            module = self._resident[key]
+        return self._float(module, *inputs)
 
 
 @dataclass(eq=False)

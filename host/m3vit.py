@@ -17,7 +17,6 @@ experts are separate ops.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +35,7 @@ from tessera.estimators.m3vit_cycles import (
     moe_norm_cycles,
     moe_runs,
 )
-from tessera.host.device import Op
+from tessera.host.device import FunctionOp
 from tessera.host.graph import Graph, Node, QFormat
 from tessera.models.m3vit import M3ViT
 from tessera.models.m3vit_quant import QuantM3ViT
@@ -47,7 +46,7 @@ __all__ = ["M3ViTOp", "m3vit_graph"]
 IntArray = npt.NDArray[np.int64]
 
 
-class M3ViTOp(Op):
+class M3ViTOp(FunctionOp):
     """One stage of the network: an integer function, a float function and a cycle function.
 
     Parameters
@@ -55,7 +54,7 @@ class M3ViTOp(Op):
     name, kind : str
         Op name and kind.
     model : M3ViT
-        The float network (copied once per torch device the op runs on).
+        The float network (resident once per torch device the op runs on).
     run_int, cycles : callable
         Integer stage and its cycle count, both on raw integer inputs.
     run_float : callable
@@ -74,36 +73,9 @@ class M3ViTOp(Op):
         cycles: Callable[..., int],
         out_shape: tuple[int, ...],
     ) -> None:
-        self.name = name
-        self._out_shape = out_shape
-        self.kind = kind
-        self._model = model
-        self._int = run_int
-        self._float = run_float
-        self._cycles = cycles
-        self._models: dict[str, M3ViT] = {}
-
-    def out_shape(self, batch: int) -> tuple[int, ...]:
-        """Shape of the output for ``batch`` images."""
-        return (batch, *self._out_shape)
-
-    def run_int(self, *inputs: IntArray) -> IntArray:
-        """Bit-exact integer stage."""
-        return self._int(*inputs)
-
-    def fpga_cycles(self, *inputs: IntArray) -> int:
-        """Engine cycles of the stage on these inputs."""
-        return int(self._cycles(*inputs))
-
-    def run_float(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Float stage on the inputs' device (weights resident there after the first call)."""
-        device = inputs[0].device
-        key = str(device)
-        if key not in self._models:
-            self._models[key] = (
-                self._model if device.type == "cpu" else copy.deepcopy(self._model).to(device)
-            )
-        return self._float(self._models[key], *inputs)
+        super().__init__(
+            name, kind, run_int, run_float, cycles, lambda batch: (batch, *out_shape), model
+        )
 
 
 def m3vit_graph(qm: QuantM3ViT, task: int) -> Graph:

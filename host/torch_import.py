@@ -70,7 +70,6 @@ in ``eval()`` mode. Anything else raises one ``ValueError`` naming the node and 
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 from collections.abc import Callable, Iterator
@@ -85,7 +84,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.estimators.cycles import gelu_cycles, gemm_cycles, layernorm_cycles, softmax_cycles
-from tessera.host.device import Op
+from tessera.host.device import FunctionOp
 from tessera.host.graph import Graph, Node, QFormat
 from tessera.models.gelu import GeluConfig, gelu
 from tessera.models.gemm import GemmConfig, gemm
@@ -143,7 +142,7 @@ class _Record:
     shape_next: tuple[int, ...]  # at one more
 
 
-class ImportedOp(Op):
+class ImportedOp(FunctionOp):
     """One traced operation: its float form, its bit-exact integer form and its cycle count.
 
     Parameters
@@ -178,41 +177,14 @@ class ImportedOp(Op):
         shapes: tuple[tuple[int, ...], tuple[int, ...], int],
         params: dict[str, Any],
     ) -> None:
-        self.name = name
-        self.kind = kind
-        self._int = run_int
-        self._float = run_float
-        self._cycles = cycles
-        self._module = module
-        self._modules: dict[str, nn.Module] = {}
-        self._shapes = shapes
+        at, nxt, b = shapes
+
+        def out_shape(batch: int) -> tuple[int, ...]:
+            # Batch-dependent dimensions grow linearly with the batch.
+            return tuple(s + (n - s) * (batch - b) for s, n in zip(at, nxt, strict=True))
+
+        super().__init__(name, kind, run_int, run_float, cycles, out_shape, module)
         self.params = params
-
-    def out_shape(self, batch: int) -> tuple[int, ...]:
-        """Output shape for ``batch`` inputs (batch-dependent dimensions grow linearly)."""
-        at, nxt, b = self._shapes
-        return tuple(s + (n - s) * (batch - b) for s, n in zip(at, nxt, strict=True))
-
-    def run_int(self, *inputs: IntArray) -> IntArray:
-        """Bit-exact integer form on raw inputs in their values' formats."""
-        return self._int(*inputs)
-
-    def fpga_cycles(self, *inputs: IntArray) -> int:
-        """Engine cycles of :meth:`run_int` on these inputs."""
-        return int(self._cycles(*inputs))
-
-    def run_float(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """The torch operation on the inputs' device (a submodule is copied there once)."""
-        module = self._module
-        if module is not None:
-            device = inputs[0].device
-            key = str(device)
-            if key not in self._modules:
-                self._modules[key] = (
-                    module if device.type == "cpu" else copy.deepcopy(module).to(device)
-                )
-            module = self._modules[key]
-        return self._float(module, *inputs)
 
 
 @dataclass(eq=False)
