@@ -226,25 +226,33 @@ def run_graph(
             host_copy[(name, domain)] = (arr, ready)
         return arr, ready
 
-    def input_ref(name: str, device: Device) -> Any:
+    def stage(name: str, device: Device) -> None:
+        # Copy a value the device lacks onto it; this flushes the pending segment first.
         nonlocal transfers
+        key = (name, device.name)
+        if (device is segment_device and name in segment_index) or key in on_device:
+            return
+        arr, ready = host_value(name, device.domain)
+        size = wire_bytes(arr.shape, graph.formats[name]) if device.domain == "int" else None
+        flush()  # keep the device's queue in graph order: earlier ops before this copy
+        fut = device.copy_in(arr, label=name, ready_at=ready, nbytes=size)
+        on_device[key] = fut.result
+        transfers += 1
+
+    def input_ref(name: str, device: Device) -> Any:
         if device is segment_device and name in segment_index:
             return segment_index[name]
-        key = (name, device.name)
-        if key not in on_device:
-            arr, ready = host_value(name, device.domain)
-            size = wire_bytes(arr.shape, graph.formats[name]) if device.domain == "int" else None
-            flush()  # keep the device's queue in graph order: earlier ops before this copy
-            fut = device.copy_in(arr, label=name, ready_at=ready, nbytes=size)
-            on_device[key] = fut.result
-            transfers += 1
-        return on_device[key]
+        return on_device[(name, device.name)]
 
     for node in graph.nodes:
         device = placement[node.name]
         if device is not segment_device:
             flush()
             segment_device = device
+        # Stage every input before taking references: a copy-in flushes the pending segment,
+        # which turns its step indices into device handles.
+        for src in node.inputs:
+            stage(src, device)
         refs = [input_ref(src, device) for src in node.inputs]
         segment_index[node.name] = len(segment)
         segment.append((node.op, refs))

@@ -89,3 +89,31 @@ def test_graph_errors() -> None:
     fpga = FpgaEmulator()
     with pytest.raises(ValueError, match="no integer format"):
         run_graph(no_format, dict.fromkeys(["fc0", "fc1", "fc2"], fpga), {"x": np.zeros((1, 12))})
+
+
+def test_an_op_reading_its_segment_and_a_copied_value() -> None:
+    """c reads b (pending in its device's segment) and a (from the other device, copied in,
+    which flushes that segment): both references must still point at the right values."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (5, 12)).astype(np.float32)
+    fmt = QFormat(float(np.abs(x).max()) / 127, 8)
+    wa, wb = (rng.integers(-20, 21, (12, 12)) for _ in range(2))
+    rq = Requant(*quantize_multiplier(1 / 64))
+
+    class Add(GemmOp):
+        def run_int(self, p, q):  # type: ignore[no-untyped-def]
+            return np.clip(p + q, -128, 127)
+
+        def fpga_cycles(self, p, q):  # type: ignore[no-untyped-def]
+            return p.size
+
+    a, b = GemmOp("a", wa, CFG, rq), GemmOp("b", wb, CFG, rq)
+    c = Add("c", wa, CFG, rq)
+    graph = Graph(
+        [Node(a, ("x",), fmt), Node(b, ("x",), fmt), Node(c, ("b", "a"), fmt)], {"x": fmt}
+    )
+    one, two = FpgaEmulator("fpga:emu1"), FpgaEmulator("fpga:emu2")
+    run = run_graph(graph, {"a": two, "b": one, "c": one}, {"x": x})
+    xq = fmt.quantize(x)
+    want = np.clip(gemm(xq, wb, CFG, rq) + gemm(xq, wa, CFG, rq), -128, 127)
+    np.testing.assert_array_equal(run.outputs["c"], want)
