@@ -20,6 +20,7 @@ from tessera.models.attention import AttentionConfig, attention_traffic
 from tessera.models.gelu import GeluConfig
 from tessera.models.gemm import GemmConfig, gemm_tiles
 from tessera.models.layernorm import LayerNormConfig
+from tessera.models.moe import MoeConfig
 from tessera.models.softmax import SoftmaxConfig
 
 __all__ = [
@@ -249,6 +250,7 @@ ENGINE_WORKLOADS: dict[str, tuple[str, ...]] = {
     "gelu": ("count",),
     "layernorm": ("rows",),
     "attention": ("seq_len",),
+    "moe": ("tokens",),
 }
 
 _CONFIGS: dict[str, type] = {
@@ -257,6 +259,7 @@ _CONFIGS: dict[str, type] = {
     "gelu": GeluConfig,
     "layernorm": LayerNormConfig,
     "attention": AttentionConfig,
+    "moe": MoeConfig,
 }
 
 
@@ -265,14 +268,15 @@ def engine_cycles(engine: str, cfg: Any, **workload: Any) -> int:
 
     Parameters
     ----------
-    engine : {"gemm", "softmax", "gelu", "layernorm", "attention"}
+    engine : {"gemm", "softmax", "gelu", "layernorm", "attention", "moe"}
         Engine name.
     cfg : EngineConfig
         The engine's configuration (of the matching class).
     **workload
         The engine's workload, exactly the names of :data:`ENGINE_WORKLOADS`: ``m, n, k`` (GEMM),
         ``rows, length`` (softmax), ``count`` (GELU), ``rows`` (LayerNorm), ``seq_len``
-        (attention).
+        (attention), ``tokens`` (MoE, routed by
+        :func:`~tessera.estimators.moe_cycles.balanced_routing`).
 
     Returns
     -------
@@ -303,14 +307,21 @@ def engine_cycles(engine: str, cfg: Any, **workload: Any) -> int:
         return gelu_cycles(workload["count"], cfg)
     if engine == "layernorm":
         return layernorm_cycles(workload["rows"], cfg)
-    return attention_cycles(workload["seq_len"], cfg)
+    if engine == "attention":
+        return attention_cycles(workload["seq_len"], cfg)
+    # MoeEngine's model needs the RTL's pipeline constants: imported only when asked for.
+    from tessera.estimators.moe_cycles import balanced_routing, moe_engine_cycles
+
+    return int(moe_engine_cycles(balanced_routing(workload["tokens"], cfg), cfg)["cycles"])
 
 
 def reference_workload(engine: str, cfg: Any) -> dict[str, int]:
     """The workload a design's ``cycles`` column of the dataset refers to.
 
     GEMM ``64 x 64 x 64``; softmax 16 rows of ``min(129, max_len)``; GELU 4096 elements;
-    LayerNorm 16 rows; attention ``seq_len = min(129, max_seq)`` (Edge-MoE's 129 tokens).
+    LayerNorm 16 rows; attention ``seq_len = min(129, max_seq)`` (Edge-MoE's 129 tokens); MoE
+    ``min(129, max_tokens)`` tokens spread evenly over the experts
+    (:func:`~tessera.estimators.moe_cycles.balanced_routing`).
 
     Parameters
     ----------
@@ -335,4 +346,6 @@ def reference_workload(engine: str, cfg: Any) -> dict[str, int]:
         return {"rows": 16}
     if engine == "attention":
         return {"seq_len": min(129, cfg.max_seq)}
+    if engine == "moe":
+        return {"tokens": min(129, cfg.max_tokens)}
     raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINE_WORKLOADS)}")

@@ -28,12 +28,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tessera.models.config import check_int
 from tessera.models.moe import MoeConfig, MoeRouting, moe_image_layout
 from tessera.rtl.moe import POST_LATENCY, check_engine_config
 from tessera.rtl.softmax import _latency as softmax_latency
 
-__all__ = ["AXI_RAM_LATENCY", "gemm_tile_cycles", "moe_engine_cycles", "output_cycles"]
+__all__ = [
+    "AXI_RAM_LATENCY",
+    "balanced_routing",
+    "gemm_tile_cycles",
+    "moe_engine_cycles",
+    "output_cycles",
+]
 
 AXI_RAM_LATENCY = 1
 """``mem_latency`` of cocotbext-axi's ``AxiRamRead`` without pauses: idle cycles between the
@@ -55,6 +63,41 @@ def gemm_tile_cycles(m: int, n: int, k: int, cfg: MoeConfig) -> int:
 def output_cycles(tokens: int, cfg: MoeConfig) -> int:
     """Cycles of the output phase: a buffer read and the output register, then a beat per cycle."""
     return tokens * (cfg.dim // cfg.cols) + 2
+
+
+def balanced_routing(tokens: int, cfg: MoeConfig, task: int = 0) -> MoeRouting:
+    """A routing that spreads ``tokens`` evenly over the experts (the reference workload).
+
+    Token ``t`` goes to experts ``(t + j) % experts`` for ``j < top_k``, so every queue holds
+    ``tokens * top_k / experts`` tokens, give or take one. Logits and gate weights are zero: the
+    engine's schedule depends only on the queues.
+
+    Parameters
+    ----------
+    tokens : int
+        Tokens routed (1..``max_tokens``).
+    cfg : MoeConfig
+        Layer configuration.
+    task : int, optional
+        Task whose gate is used.
+
+    Returns
+    -------
+    MoeRouting
+    """
+    check_int("tokens", tokens, 1, cfg.max_tokens)
+    check_int("task", task, 0, cfg.tasks - 1)
+    ids = np.arange(tokens, dtype=np.int64)
+    experts = (ids[:, None] + np.arange(cfg.top_k)) % cfg.experts
+    queues = tuple(np.flatnonzero((experts == e).any(axis=1)) for e in range(cfg.experts))
+    return MoeRouting(
+        task=task,
+        logits=np.zeros((tokens, cfg.experts), dtype=np.int64),
+        experts=experts,
+        weights=np.zeros((tokens, cfg.top_k), dtype=np.int64),
+        queue_tokens=queues,
+        queue_weights=tuple(np.zeros(len(q), dtype=np.int64) for q in queues),
+    )
 
 
 def moe_engine_cycles(

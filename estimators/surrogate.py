@@ -53,7 +53,7 @@ _ENUMS: dict[str, dict[str, int]] = {
     "overflow": {m.value: i for i, m in enumerate(Overflow)},
 }
 # Version of the model layout in cached files: bump when features or targets change meaning.
-_FORMAT = 5
+_FORMAT = 6
 _DEFAULT_MODEL = (
     Path(__file__).resolve().parent.parent / "build" / "estimators" / "surrogate.joblib"
 )

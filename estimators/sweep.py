@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tessera.models.config import EngineConfig
 from tessera.models.gelu import GeluConfig
 from tessera.models.gemm import GemmConfig
 from tessera.models.layernorm import LayerNormConfig
+from tessera.models.moe import MoeConfig
 from tessera.models.softmax import SoftmaxConfig
 
 __all__ = [
@@ -75,6 +76,7 @@ CONFIG_CLASSES: dict[str, type[EngineConfig]] = {
     "gelu": GeluConfig,
     "layernorm": LayerNormConfig,
     "attention": AttentionConfig,
+    "moe": MoeConfig,
 }
 
 #: Targets of a sweep: two Yosys resource targets and ECP5 place and route (Fmax).
@@ -210,12 +212,52 @@ def _attention_grid() -> Iterator[AttentionConfig]:
         )
 
 
+def _moe_grid() -> Iterator[MoeConfig]:
+    from tessera.rtl.moe import check_engine_config
+
+    shapes = itertools.product((1, 2, 4, 8), (1, 2, 4, 8), (16, 32, 64), (16, 32, 64), (2, 4, 8))
+    for (
+        rows,
+        cols,
+        dim,
+        hidden,
+        experts,
+    ), top_k, tasks, tokens, acc_bits, bus, widths in itertools.product(
+        shapes, (1, 2), (1, 2, 4), (32, 64, 256), (24, 32), (4, 8, 16), ((12, 8), (16, 16))
+    ):
+        if rows * cols > 32 or top_k > experts:
+            continue
+        logit_bits, gate_bits = widths
+        cfg = MoeConfig(
+            dim=dim,
+            experts=experts,
+            expert_hidden=hidden,
+            top_k=top_k,
+            tasks=tasks,
+            max_tokens=tokens,
+            rows=rows,
+            cols=cols,
+            acc_bits=acc_bits,
+            logit_bits=logit_bits,
+            logit_frac=logit_bits // 2,
+            gate_bits=gate_bits,
+            gate_frac=gate_bits - 1,
+            bus_bytes=bus,
+        )
+        try:
+            check_engine_config(cfg)
+        except ValueError:
+            continue  # e.g. dim not a multiple of cols
+        yield cfg
+
+
 _GRIDS: dict[str, Callable[[], Iterator[Any]]] = {
     "gemm": _gemm_grid,
     "softmax": _softmax_grid,
     "gelu": _gelu_grid,
     "layernorm": _layernorm_grid,
     "attention": _attention_grid,
+    "moe": _moe_grid,
 }
 
 
@@ -250,7 +292,18 @@ def design_size(engine: str, cfg: Any) -> float:
             + cfg.parallelism * cfg.head_dim * 2
             + 600
         )
+    if engine == "moe":
+        tokens = cfg.max_tokens * (2 * cfg.dim + cfg.expert_hidden)
+        weights = 2 * cfg.dim * cfg.expert_hidden
+        array = cfg.rows * cfg.cols * (cfg.acc_bits + 8) + cfg.cols * 150
+        return array + (tokens + weights) / 8 + 2000
     raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(CONFIG_CLASSES)}")
+
+
+@cache
+def _unique_grid(engine: str) -> tuple[Any, ...]:
+    # Building every config of the larger grids takes seconds: once per process is enough.
+    return tuple({cfg.digest: cfg for cfg in _GRIDS[engine]()}.values())
 
 
 def enumerate_configs(engine: str, limit: int | None = None, seed: int = 0) -> list[Any]:
@@ -273,8 +326,7 @@ def enumerate_configs(engine: str, limit: int | None = None, seed: int = 0) -> l
     """
     if engine not in _GRIDS:
         raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(_GRIDS)}")
-    unique = {cfg.digest: cfg for cfg in _GRIDS[engine]()}
-    configs = list(unique.values())
+    configs = list(_unique_grid(engine))
     if limit is not None and limit < len(configs):
         configs.sort(key=lambda c: c.digest)
         configs = random.Random(seed).sample(configs, limit)

@@ -15,10 +15,12 @@ from tessera.estimators.cycles import (
     engine_cycles,
     reference_workload,
 )
+from tessera.estimators.moe_cycles import balanced_routing, moe_engine_cycles
 from tessera.models.attention import AttentionConfig
 from tessera.models.gelu import GeluConfig
 from tessera.models.gemm import GemmConfig
 from tessera.models.layernorm import LayerNormConfig
+from tessera.models.moe import MoeConfig
 from tessera.models.softmax import SoftmaxConfig
 
 
@@ -105,6 +107,7 @@ def test_registry_dispatches_and_rejects_bad_input():
             "gelu": GeluConfig(),
             "layernorm": LayerNormConfig(),
             "attention": AttentionConfig(),
+            "moe": MoeConfig(rows=2, cols=2),
         }[engine]
         workload = reference_workload(engine, cfg)
         assert set(workload) == set(names)
@@ -119,3 +122,19 @@ def test_registry_dispatches_and_rejects_bad_input():
         engine_cycles("softmax", SoftmaxConfig(max_len=8), rows=1, length=9)
     with pytest.raises(ValueError, match="count must be an integer >= 1"):
         engine_cycles("gelu", GeluConfig(), count=0)
+
+
+def test_moe_reference_workload_spreads_tokens_evenly():
+    cfg = MoeConfig(rows=2, cols=4, experts=4, top_k=2, max_tokens=64)
+    routing = balanced_routing(37, cfg)
+    lengths = routing.queue_lengths
+    assert lengths.sum() == 37 * 2 and lengths.max() - lengths.min() <= 1
+    for t in range(37):  # each token sits in the queues of exactly its top_k experts
+        assert sorted(e for e, q in enumerate(routing.queue_tokens) if t in q) == sorted(
+            routing.experts[t]
+        )
+    expected = moe_engine_cycles(routing, cfg)["cycles"]
+    assert engine_cycles("moe", cfg, tokens=37) == expected
+    assert reference_workload("moe", cfg) == {"tokens": 64}
+    with pytest.raises(ValueError, match="tokens"):
+        engine_cycles("moe", cfg, tokens=65)
