@@ -5,7 +5,10 @@ fitted on ``log1p`` of the target so that relative errors count the same on smal
 designs, and relative to the first-principles estimate (:mod:`tessera.estimators.analytic`, scaled
 per engine and family on the training rows; the cycle model for cycles): the trees learn
 ``log1p(actual) - log1p(baseline)``, so predictions
-follow the analytic trend beyond the largest training design instead of saturating there.
+follow the analytic trend beyond the largest training design instead of saturating there. Where
+3-fold cross-validation on the training rows finds that the trees do not improve on the calibrated
+analytic count (block RAM, whose count is exact for most designs; DSP blocks), the analytic count
+is the prediction.
 Features are engine-aware: the engine and family (categorical), every config field (-1 where an
 engine lacks it), the analytic counts and a few derived sizes (MACs, memory bits).
 
@@ -15,6 +18,7 @@ Training on a few hundred rows takes well under a second. Models are saved with 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import random
@@ -240,6 +244,35 @@ def _baseline(
     return np.log1p(np.expm1(base) * factor)
 
 
+class _NoResidual:
+    """A target predicted by the calibrated analytic model alone (zero residual)."""
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.zeros(len(features))
+
+
+def _trees_help(make: Any, features: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> bool:
+    """Whether trees on the residual beat the calibrated analytic model alone, by 3-fold
+    cross-validation over designs on the training rows (mean |log error|).
+
+    For block RAM the analytic count is exact on most designs, and trees fitted to the few that
+    differ only add noise; cross-validation finds such targets without looking at test rows.
+    """
+    ids = sorted(set(groups))
+    if len(ids) < 9:
+        return True
+    order = random.Random(0).sample(ids, len(ids))
+    fold_of = {d: i % 3 for i, d in enumerate(order)}
+    fold = np.array([fold_of[g] for g in groups])
+    tree_error = base_error = 0.0
+    for k in range(3):
+        train, test = fold != k, fold == k
+        residual = make().fit(features[train], y[train]).predict(features[test])
+        tree_error += float(np.abs(y[test] - residual).sum())
+        base_error += float(np.abs(y[test]).sum())
+    return tree_error < base_error
+
+
 class Surrogate:
     """Gradient-boosted trees per target on ``log1p`` targets, relative to the analytic model.
 
@@ -308,7 +341,8 @@ class Surrogate:
             actual = np.array([float(r[target]) for r in rows if r.get(target) is not None])
             y = np.log1p(actual) - _baseline(features[mask], target, self.scales)
             n = int(mask.sum())
-            model = regressor(
+            make = functools.partial(
+                regressor,
                 max_iter=300,
                 learning_rate=0.08,
                 max_leaf_nodes=15,
@@ -317,7 +351,12 @@ class Surrogate:
                 categorical_features=[0, 1],
                 random_state=self.seed,
             )
-            model.fit(features[mask], y)
+
+            groups = [design_id(r) for r in rows if r.get(target) is not None]
+            if target in RESOURCES and not _trees_help(make, features[mask], y, groups):
+                model: Any = _NoResidual()  # the calibrated analytic count alone
+            else:
+                model = make().fit(features[mask], y)
             self.models[target] = model
             self.train_rows[target] = n
 

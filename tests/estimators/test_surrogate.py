@@ -147,3 +147,22 @@ def test_trained_surrogate_is_cached(rows, tmp_path):
     cache.write_bytes(b"not a model")
     third = trained_surrogate(DEFAULT_CSV, cache)
     np.testing.assert_allclose(first.predict(rows[:5])["lut"], third.predict(rows[:5])["lut"])
+
+
+def test_cross_validation_keeps_trees_only_where_they_help():
+    """Trees on a residual that depends on a feature beat the analytic model; on pure noise the
+    analytic model alone wins."""
+    import functools
+
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from tessera.estimators.surrogate import _trees_help
+
+    rng = np.random.default_rng(0)
+    features = np.c_[np.zeros(120), np.zeros(120), rng.uniform(0, 4, 120)]
+    groups = [f"d{i // 2}" for i in range(120)]  # two rows (families) per design
+    make = functools.partial(
+        HistGradientBoostingRegressor, max_iter=50, categorical_features=[0, 1], random_state=0
+    )
+    assert _trees_help(make, features, 0.3 * np.floor(features[:, 2]), groups)
+    assert not _trees_help(make, features, rng.normal(0, 0.01, 120), groups)
