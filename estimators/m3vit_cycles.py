@@ -13,10 +13,12 @@ its engines' exact cycle models:
   :func:`m3vit_routings` computes it once, and it does not depend on the array shape, so design
   points differ only in the cheap cycle sums.
 
-The encoder block's composition is checked against the RTL cycle for cycle
-(``tests/sim/test_encoder.py``). The MoE engine uses the same ``rows x cols`` array shape as the
-GEMM engine in a design point; the host runtime charges the same functions per op
-(:mod:`tessera.host.m3vit`).
+:func:`m3vit_cycles` gives the host runtime's ops (:mod:`tessera.host.m3vit` charges the same
+functions per op); :func:`accelerator_cycles` gives the hardware's stages as the RTL runs them
+(fused GELU epilogue, stand-alone LayerNorm requantizations, one ``MoeEngine`` run per MoE layer
+that overlaps expert fetch and compute), and equals the whole network simulated on RTL stage by
+stage (``tests/sim/test_m3vit_rtl.py``). The MoE engine uses the same ``rows x cols`` array shape
+as the GEMM engine in a design point.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tessera.estimators.cycles import attention_cycles, gelu_cycles, gemm_cycles, layernorm_cycles
+from tessera.estimators.cycles import (
+    GELU_LATENCY,
+    attention_cycles,
+    gelu_cycles,
+    gemm_cycles,
+    layernorm_cycles,
+)
 from tessera.estimators.moe_cycles import moe_engine_cycles, output_cycles
 from tessera.models.attention import AttentionConfig
 from tessera.models.gemm import GemmConfig
@@ -36,6 +44,9 @@ from tessera.models.moe import MoeConfig, MoeRouting, route
 from tessera.rtl.moe import check_engine_config
 
 __all__ = [
+    "EPILOGUE_LATENCY",
+    "START_CYCLES",
+    "accelerator_cycles",
     "attention_block_cycles",
     "combine_cycles",
     "embed_cycles",
@@ -173,6 +184,86 @@ def m3vit_routings(
             continue
         tokens = qm.moe_norm(i, trace[f"block{i}.attn"])
         out[i] = [route(img, blk.moe, task, qm.moe_cfg) for img in tokens]
+    return out
+
+
+#: Register stages of a linear unit's epilogue (bias, requantization, saturation) without GELU;
+#: a fused GELU adds :data:`~tessera.estimators.cycles.GELU_LATENCY` (``rtl/epilogue.py``).
+EPILOGUE_LATENCY = 5
+#: Cycles of the AXI-Lite start write that a GEMM's or attention engine's ``CYCLES`` register
+#: counts before the datapath's op begins.
+START_CYCLES = 2
+
+
+def accelerator_cycles(
+    qm: QuantM3ViT,
+    task: int,
+    routings: dict[int, list[MoeRouting]],
+    *,
+    gemm_cfg: GemmConfig | None = None,
+    attn_cfg: AttentionConfig | None = None,
+) -> dict[str, int]:
+    """Cycles of the network on the accelerator as the RTL runs it, stage by stage.
+
+    Unlike :func:`m3vit_cycles`, which charges the host runtime's ops (each expert an op of its
+    own that waits for its own weights, the dense GELU a pass of its own), this follows the
+    hardware: images one after another through the encoder datapath (LayerNorm, a stand-alone
+    epilogue that requantizes its rows, linear units of GEMM plus a fused epilogue, GELU fused
+    into fc1's, the attention engine per head) and ``MoeEngine`` for each MoE layer, which
+    overlaps an expert's weight fetch with the previous expert's compute. Each op counts from
+    its start to its last output, as ``tessera.sim.m3vit.simulate_m3vit`` measures it.
+
+    Parameters
+    ----------
+    qm : QuantM3ViT
+        The integer network.
+    task : int
+        Task (its head's width).
+    routings : dict
+        From :func:`m3vit_routings`; its lists' length is the number of images.
+    gemm_cfg : GemmConfig, optional
+        Array of the linear units and the MoE engine (default the network's).
+    attn_cfg : AttentionConfig, optional
+        Attention engine (default the network's).
+
+    Returns
+    -------
+    dict
+        Stage -> cycles for all images: ``embed``, ``block{i}.attn``, ``block{i}.mlp`` (dense
+        blocks) or ``block{i}.norm2`` and ``block{i}.moe`` (MoE blocks), ``head.norm`` and
+        ``head.gemm`` (the head's GEMM, whose int32 logits leave without an epilogue).
+    """
+    if not routings:
+        raise ValueError("routings is empty: the network has no MoE block, or none was computed")
+    cfg, g = qm.cfg, gemm_cfg or qm.gemm_cfg
+    attn = attn_cfg or qm.attn_cfg
+    images = len(next(iter(routings.values())))
+    t, d, hidden = cfg.num_tokens, cfg.embed_dim, cfg.mlp_hidden
+    moe_cfg = moe_config_for(qm, gemm_cfg)
+
+    def linear(m: int, n: int, k: int, gelu: bool = False) -> int:
+        tail = EPILOGUE_LATENCY + (GELU_LATENCY if gelu else 0)
+        return gemm_cycles(m, n, k, g).cycles - START_CYCLES + tail
+
+    def norm(rows: int, ln_cfg: Any) -> int:
+        # LayerNorm, then its rows requantized to int8 by a stand-alone epilogue: one beat of
+        # ``cols`` values per cycle, the pipeline and one cycle to finish
+        beats = rows * -(-d // g.cols)
+        return layernorm_cycles(rows, ln_cfg) + beats + EPILOGUE_LATENCY + 1
+
+    patch_k = cfg.channels * cfg.patch_size**2
+    out = {"embed": images * linear(t - 1, d, patch_k)}
+    for i, blk in enumerate(qm.blocks):
+        heads = cfg.num_heads * (attention_cycles(t, attn) - START_CYCLES)
+        out[f"block{i}.attn"] = images * (norm(t, blk.norm1.cfg) + 4 * linear(t, d, d) + heads)
+        if blk.moe is None:
+            mlp = linear(t, hidden, d, gelu=True) + linear(t, d, hidden)
+            out[f"block{i}.mlp"] = images * (norm(t, blk.norm2.cfg) + mlp)
+            continue
+        out[f"block{i}.norm2"] = images * norm(t, blk.norm2.cfg)
+        out[f"block{i}.moe"] = sum(r["cycles"] for r in moe_runs(routings[i], moe_cfg))
+    out["head.norm"] = images * norm(1, qm.norm.cfg)
+    out["head.gemm"] = images * gemm_cycles(1, cfg.classes_per_task[task], d, g).cycles
     return out
 
 

@@ -22,8 +22,11 @@ Program of a dense-MLP block (``x`` is the int16 residual stream, T tokens x D):
     fc1         h2 @ W1 + b1, requant, GELU, requant -> hidden  unit fc1 (LinearUnit)
     fc2         hidden @ W2 + b2, requant + x_attn -> x_out     unit residual
 
-The MLP part is built by :func:`dense_mlp_program`; a block with an MoE layer needs an MoE
-branch in its place (not available yet: such blocks raise ``ValueError``).
+The MLP part is built by :func:`dense_mlp_program`. A block with an MoE layer runs only its
+attention half here, followed by ``norm2`` and ``norm2.rq`` (the int8 tokens the MoE layer
+routes): the layer itself runs on ``MoeEngine`` (:func:`tessera.sim.m3vit.simulate_m3vit` chains
+the two). The patch embedding (:func:`embed_program`) and the final norm in front of the task
+head (:func:`head_program`) are programs for the same datapath.
 """
 
 from __future__ import annotations
@@ -63,9 +66,14 @@ __all__ = [
     "block_program",
     "datapath_verilog",
     "dense_mlp_program",
+    "embed_design",
+    "embed_program",
     "encoder_design",
     "first_difference",
+    "head_design",
+    "head_program",
     "run_program_golden",
+    "run_program_rtl",
     "simulate_encoder_layer",
 ]
 
@@ -78,6 +86,9 @@ Simulator = Literal["icarus", "verilator"]
 @dataclass(frozen=True)
 class EncoderDesign:
     """Configurations of the units of :class:`EncoderDatapath`, by unit name.
+
+    The unit names below are those of :func:`encoder_design`; :func:`embed_design` (one linear
+    unit ``patch``) and :func:`head_design` (``ln1``, ``ln_requant``) hold fewer.
 
     Attributes
     ----------
@@ -261,19 +272,24 @@ def dense_mlp_program(block: Any, x: str, d: int) -> tuple[list[EncoderOp], dict
 def block_program(qmodel: Any, block: int) -> tuple[list[EncoderOp], dict[str, np.ndarray]]:
     """Program and arrays of encoder block ``block`` of a ``QuantM3ViT`` (input tensor ``x``).
 
+    A dense block's program ends with ``fc2`` (the block output). An MoE block's ends with
+    ``norm2.rq``, the int8 tokens its MoE layer routes; ``out`` is the attention half's output
+    (the residual the MoE output is added to).
+
     Raises
     ------
     ValueError
-        ``block`` out of range, or a block with an MoE layer.
+        ``block`` out of range, or a block with neither a dense MLP nor an MoE layer.
     """
     depth = len(qmodel.blocks)
     if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < depth:
         raise ValueError(f"block must be an integer in [0, {depth - 1}], got {block!r}")
     blk = qmodel.blocks[block]
-    if blk.moe is not None:
+    dense = blk.fc1 is not None and blk.fc2 is not None and blk.hidden_requant is not None
+    if blk.moe is None and not dense:
         raise ValueError(
-            f"block {block} has an MoE layer, which needs the MoE engine; only dense-MLP blocks "
-            f"({[i for i, b in enumerate(qmodel.blocks) if b.moe is None]}) run for now"
+            f"block {block} has neither a complete dense MLP (fc1, GELU requant, fc2) nor an MoE "
+            "layer; quantize the network with quantize_m3vit"
         )
     cfg = qmodel.cfg
     d, hd = cfg.embed_dim, cfg.head_dim
@@ -291,8 +307,61 @@ def block_program(qmodel: Any, block: int) -> tuple[list[EncoderOp], dict[str, n
     ops.append(EncoderOp("mixed", "concat", "", tuple(heads)))
     ops.append(EncoderOp("out", "linear", "residual", ("mixed", "x")))
     arrays.update(_linear_arrays("out", blk.out))
-    mlp_ops, mlp_arrays, _ = dense_mlp_program(blk, "out", d)
+    if blk.moe is not None:
+        # The MoE layer's input: norm2 and its int8 requantization (the layer is MoeEngine's).
+        mlp_ops, mlp_arrays = _norm_ops("norm2", blk.norm2, "ln2", "out", d)
+    else:
+        mlp_ops, mlp_arrays, _ = dense_mlp_program(blk, "out", d)
     return ops + mlp_ops, {**arrays, **mlp_arrays}
+
+
+def embed_program(qmodel: Any) -> tuple[list[EncoderOp], dict[str, np.ndarray]]:
+    """The patch embedding's GEMM, bias and requantization into the residual format, on the
+    ``patch`` linear unit of :func:`embed_design`. Input ``x`` is the ``(patches, C * p * p)``
+    int8 pixel matrix; the output ``patch`` still lacks the position embeddings (an elementwise
+    add the datapath has no free-standing unit for) and the cls row (a constant)."""
+    return [EncoderOp("patch", "linear", "patch", ("x",))], _linear_arrays("patch", qmodel.patch)
+
+
+def embed_design(qmodel: Any, gemm_cfg: GemmConfig) -> EncoderDesign:
+    """The unit of :func:`embed_program`: a linear unit with ``residual_bits`` outputs."""
+    out_bits = qmodel.patch.requant.bits
+    epi = EpilogueConfig.for_gemm(
+        gemm_cfg, bias_overflow="SAT", max_cols=qmodel.cfg.embed_dim, out_bits=out_bits
+    )
+    return EncoderDesign(
+        layernorm={}, epilogue={}, linear={"patch": LinearConfigs(gemm_cfg, epi)}, attention={}
+    )
+
+
+def head_program(qmodel: Any) -> tuple[list[EncoderOp], dict[str, np.ndarray]]:
+    """The final LayerNorm and its int8 requantization on the cls token (input ``x``, one row),
+    on the units of :func:`head_design`. Its output ``norm.rq`` feeds the task head."""
+    return _norm_ops("norm", qmodel.norm, "ln1", "x", qmodel.cfg.embed_dim)
+
+
+def _ln_requant(ln_cfg: LayerNormConfig, gemm_cfg: GemmConfig, d: int, bits: int) -> EpilogueConfig:
+    """The stand-alone epilogue that requantizes a LayerNorm's rows to ``bits``."""
+    return EpilogueConfig(
+        rows=1,
+        cols=gemm_cfg.cols,
+        max_cols=d,
+        acc_bits=max(16, ln_cfg.out_bits),
+        bias=False,
+        out_bits=bits,
+        rounding=gemm_cfg.rounding,
+        overflow=gemm_cfg.overflow,
+    )
+
+
+def head_design(qmodel: Any, gemm_cfg: GemmConfig) -> EncoderDesign:
+    """The units of :func:`head_program`: a LayerNorm of the final norm's format and the
+    requantization epilogue."""
+    ln_cfg = qmodel.norm.cfg
+    rq = _ln_requant(ln_cfg, gemm_cfg, qmodel.cfg.embed_dim, qmodel.norm.requant.bits)
+    return EncoderDesign(
+        layernorm={"ln1": ln_cfg}, epilogue={"ln_requant": rq}, linear={}, attention={}
+    )
 
 
 def encoder_design(qmodel: Any, block: int, gemm_cfg: GemmConfig) -> EncoderDesign:
@@ -308,18 +377,7 @@ def encoder_design(qmodel: Any, block: int, gemm_cfg: GemmConfig) -> EncoderDesi
 
     return EncoderDesign(
         layernorm={"ln1": blk.norm1.cfg, "ln2": blk.norm2.cfg},
-        epilogue={
-            "ln_requant": EpilogueConfig(
-                rows=1,
-                cols=gemm_cfg.cols,
-                max_cols=d,
-                acc_bits=max(16, ln_cfg.out_bits),
-                bias=False,
-                out_bits=pre.act_bits,
-                rounding=gemm_cfg.rounding,
-                overflow=gemm_cfg.overflow,
-            )
-        },
+        epilogue={"ln_requant": _ln_requant(ln_cfg, gemm_cfg, d, pre.act_bits)},
         linear={
             "qkv": linear(max_cols=d, out_bits=pre.act_bits),
             "residual": linear(
@@ -464,6 +522,84 @@ def first_difference(name: str, got: np.ndarray, want: np.ndarray) -> dict[str, 
     }
 
 
+def run_program_rtl(
+    design: EncoderDesign,
+    program: list[EncoderOp],
+    arrays: dict[str, np.ndarray],
+    x: npt.ArrayLike,
+    *,
+    sim: Simulator = "verilator",
+    golden: dict[str, np.ndarray] | None = None,
+    idle: float = 0.0,
+    backpressure: float = 0.0,
+    seed: int = 0,
+    build_dir: str | os.PathLike | None = None,
+    waves: bool = False,
+) -> tuple[tuple[OpResult, ...], dict[str, np.ndarray], float]:
+    """Execute ``program`` on the :class:`EncoderDatapath` of ``design``, every op checked bit
+    for bit against its golden output.
+
+    Parameters
+    ----------
+    design : EncoderDesign
+        The units.
+    program : list of EncoderOp
+        The ops; ``x`` is the input tensor.
+    arrays : dict of str to ndarray
+        The ops' weights and parameters.
+    x : array_like of int
+        The program's input.
+    sim : {"icarus", "verilator"}
+        Simulator.
+    golden : dict of str to ndarray, optional
+        :func:`run_program_golden` of the same program and input, if already computed.
+    idle, backpressure, seed, waves
+        As for :func:`simulate_encoder_layer`.
+    build_dir : path, optional
+        Defaults to ``<build root>/sim/<design name>/<sim>``.
+
+    Returns
+    -------
+    ops : tuple of OpResult
+        One per op that ran (not ``concat``); a failing op stops the run.
+    outputs : dict of str to ndarray
+        The RTL's tensors by name.
+    seconds : float
+        Wall time of the simulator run.
+    """
+    for name, value in (("idle", idle), ("backpressure", backpressure)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    x = np.asarray(x, dtype=np.int64)
+    if golden is None:
+        golden = run_program_golden(program, arrays, design, x)
+    root = Path(build_dir) if build_dir else default_build_root() / "sim" / design.short_name / sim
+    data_dir = run_dir(root, "data")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_path = data_dir / "block.npz"
+    expected = {f"expected.{op.name}": golden[op.name] for op in program}
+    np.savez(data_path, x=x, **arrays, **expected)
+    job = {
+        "design": design.to_dict(),
+        "program": [op.to_dict() for op in program],
+        "data": str(data_path),
+        "idle": idle,
+        "backpressure": backpressure,
+        "seed": seed,
+    }
+    results, seconds, _ = run_testbench(
+        verilog=datapath_verilog(design),
+        top=TOP_NAME,
+        testbench=TESTBENCH_MODULE,
+        job=job,
+        sim=sim,
+        build_dir=root,
+        waves=waves,
+    )
+    outputs = dict(np.load(run_dir(root, "job") / "outputs.npz"))
+    return tuple(OpResult(**r) for r in results), outputs, seconds
+
+
 def simulate_encoder_layer(
     qmodel: Any,
     image: Any,
@@ -480,6 +616,9 @@ def simulate_encoder_layer(
 ) -> EncoderLayerResult:
     """Run encoder block ``block`` of ``qmodel`` on one image with every arithmetic op on RTL.
 
+    The block's input is the golden trace's; :func:`tessera.sim.m3vit.simulate_m3vit` chains
+    every block (MoE blocks included) on the RTL's own outputs instead.
+
     Parameters
     ----------
     qmodel : QuantM3ViT
@@ -487,7 +626,7 @@ def simulate_encoder_layer(
     image : torch.Tensor or array_like
         One float image ``(C, H, W)`` (or a batch of one).
     block : int
-        Encoder block (dense-MLP blocks only for now).
+        Encoder block with a dense MLP.
     task : int
         Task (the encoder does not depend on it; it selects the golden trace).
     sim : {"icarus", "verilator"}
@@ -512,9 +651,16 @@ def simulate_encoder_layer(
     Raises
     ------
     ValueError
-        Bad block, task, image shape, or a block with an MoE layer.
+        Bad block, task, image shape, or a block with an MoE layer (its MoE layer needs the MoE
+        engine: use ``simulate_m3vit``).
     """
     program, arrays = block_program(qmodel, block)
+    if qmodel.blocks[block].moe is not None:
+        raise ValueError(
+            f"block {block} has an MoE layer, which runs on the MoE engine: simulate_m3vit runs "
+            "it with its attention half; simulate_encoder_layer takes dense-MLP blocks "
+            f"({[i for i, b in enumerate(qmodel.blocks) if b.moe is None]})"
+        )
     for name, value in (("idle", idle), ("backpressure", backpressure)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
@@ -533,32 +679,20 @@ def simulate_encoder_layer(
         if not np.array_equal(golden[name], trace[key][0]):
             raise RuntimeError(f"the block program disagrees with QuantM3ViT at {key}")
 
-    root = Path(build_dir) if build_dir else default_build_root() / "sim" / design.short_name / sim
-    data_dir = run_dir(root, "data")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_path = data_dir / "block.npz"
-    expected = {f"expected.{op.name}": golden[op.name] for op in program}
-    np.savez(data_path, x=x, **arrays, **expected)
-    job = {
-        "design": design.to_dict(),
-        "program": [op.to_dict() for op in program],
-        "data": str(data_path),
-        "idle": idle,
-        "backpressure": backpressure,
-        "seed": seed,
-    }
-    text = datapath_verilog(design)
-    results, seconds, _ = run_testbench(
-        verilog=text,
-        top=TOP_NAME,
-        testbench=TESTBENCH_MODULE,
-        job=job,
+    root = Path(build_dir) if build_dir else None
+    ops, outputs, seconds = run_program_rtl(
+        design,
+        program,
+        arrays,
+        x,
         sim=sim,
+        golden=golden,
+        idle=idle,
+        backpressure=backpressure,
+        seed=seed,
         build_dir=root,
         waves=waves,
     )
-    outputs = dict(np.load(run_dir(root, "job") / "outputs.npz"))
-    ops = tuple(OpResult(**r) for r in results)
     checks = {}
     first = next((op.mismatch for op in ops if op.mismatch is not None), None)
     for key, name in ((f"block{block}.attn", "out"), (f"block{block}.out", program[-1].name)):
