@@ -169,8 +169,11 @@ def cmd_dse(args: argparse.Namespace) -> int:
         f"{'BRAM':>6} {'front':>6} {'act LUT':>8} {'act DSP':>8}"
     )
     if feasible[0].fixed:
-        shared = ", ".join(f"{v:,.0f} {k.upper()}" for k, v in feasible[0].fixed.items())
-        print(f"shared attention, LayerNorm and GELU engines (predicted, every design): {shared}")
+        others = ", ".join(f"{v:,.0f} {k.upper()}" for k, v in feasible[0].fixed.items())
+        print(
+            "MoE engine (same array shape) plus the shared attention, LayerNorm and GELU engines "
+            f"of the fastest design (predicted): {others}"
+        )
         print("per-design columns: the searched MAC array (GEMM engine); cycles per image")
     shown = [p for p in feasible if p.pareto_lut or p.pareto_dsp]
     for p in sorted(set(shown) | set(top), key=lambda q: q.latency_us):

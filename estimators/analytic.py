@@ -14,7 +14,8 @@ onto a family with the mapping rules of Yosys ``synth_xilinx`` / ``synth_ecp5``:
   for the wide-multiplexer tree);
 - a memory of at least 4 Kib whose depth is at least 64 becomes block RAM: RAMB18 halves in
   1K x 18 / 512 x 36 / 2K x 9 ... aspect ratios (counted in RAMB36), DP16KD on ECP5; smaller
-  memories become distributed RAM of ``width * ceil(depth / 64)`` LUT6s;
+  memories become distributed RAM of ``width * ceil(depth / 64)`` LUT6s (the MoE inventory
+  lists its memories after replaying Yosys's cost-based choice and its copy per read port);
 - on ECP5 every LUT6 of the above counts as 2.2 LUT4s;
 - registers are flip-flops one for one, except multiply-accumulate registers on Xilinx, which
   the DSP48 absorbs.
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tessera.models.moe import moe_image_layout
 from tessera.models.softmax import LOG2E
 
 __all__ = [
@@ -221,12 +223,173 @@ def _attention(cfg: Any) -> Inventory:
     return _merge(inv, _softmax_core(sm, rows_in_parallel=p, exp_units=1))
 
 
+def _range_bits(n: int) -> int:
+    """Width of a counter over ``range(n)``, as Amaranth sizes it."""
+    return (n - 1).bit_length()
+
+
+# Yosys memory_libmap's 7-series choices (brams_xc4v.txt, lutrams_xc5v.txt) as (cell cost,
+# width-scaled part of it, RAMB18s per cell, write-enable byte, read ports per copy,
+# ((address bits, width), ...)).
+_BLOCK_RAMS = (
+    (129, 0, 1, 9, 1, ((14, 1), (13, 2), (12, 4), (11, 9), (10, 18), (9, 36))),  # RAMB18
+    (257, 0, 2, 9, 1, ((15, 1), (14, 2), (13, 4), (12, 9), (11, 18), (10, 36), (9, 72))),
+)
+_LUT_RAMS = (
+    (8, 7, 0, 0, 1, ((5, 6), (6, 3))),  # simple dual port
+    (8, 8, 0, 0, 1, ((5, 4), (6, 2), (7, 1))),  # dual port
+    (7, 7, 0, 0, 3, ((5, 2), (6, 1))),  # quad port: three read ports per copy
+)
+
+
+def _libmap(depth: int, width: int, read_ports: int, rams: tuple[Any, ...]) -> tuple[float, int]:
+    """memory_libmap's cheapest mapping of a one-write, ``read_ports``-read memory onto
+    ``rams``: its cost, and the RAMB18s of one copy."""
+    best = (math.inf, 0)
+    for cost, widthscale, halves, byte, reads, geometries in rams:
+        copies = math.ceil(read_ports / reads)  # read ports at distinct addresses replicate
+        for abits, unit in geometries:
+            rows = math.ceil(depth / (1 << abits))
+            # a word padded to whole write-enable bytes; rows share a cell's width where they fit
+            step = min(byte, unit) if byte else unit
+            cells = math.ceil(rows * step * math.ceil(width / step) / unit)
+            total = (cost - widthscale) * cells * copies
+            total += widthscale * rows * width / unit * copies
+            # output multiplexers and write decoders across rows, soft logic per read port
+            total += 0.5 * (rows - 1) * width * read_ports + (0.5 * rows if rows > 1 else 0)
+            best = min(best, (total + 2 * read_ports, cells * halves))
+    return best
+
+
+def _ram(depth: int, width: int, read_ports: int) -> list[tuple[int, int]]:
+    """A memory as :func:`map_inventory` should see it, one entry per read port.
+
+    Yosys's ``memory_libmap`` picks block RAM, LUT RAM or flip-flops by cost (7-series costs
+    here; UltraScale+ LUT RAM is cheaper, so it keeps a few more small memories out of block
+    RAM) and copies a memory once per read port. A block RAM keeps its shape where
+    :func:`map_inventory` counts its blocks alike, if need be widened within them to pass the
+    4 Kib rule; otherwise it is listed as its blocks, 512 x 36 each. A LUT RAM of 4 Kib or
+    more is split by width (same LUT count).
+    """
+    block, halves = _libmap(depth, width, read_ports, _BLOCK_RAMS)
+    if block < min(depth * width, _libmap(depth, width, read_ports, _LUT_RAMS)[0]):
+        shape = (512, 36 * halves)
+        for w in (width, max(width, -(-4096 // depth))):
+            if depth >= 64 and depth * w >= 4096 and _bram18_count(depth, w) == halves:
+                shape = (depth, w)
+                break
+        return [shape] * read_ports
+    if depth < 64 or depth * width < 4096:
+        return [(depth, width)] * read_ports
+    slice_bits = (4096 - 1) // depth  # widest slice below map_inventory's 4 Kib
+    slices = [(depth, min(slice_bits, width - lo)) for lo in range(0, width, slice_bits)]
+    return slices * read_ports
+
+
+def _moe(cfg: Any) -> Inventory:
+    """``MoeEngine`` (rtl/moe.py): MAC array, per-phase post-processing, routing, buffers, fetch."""
+    lay = moe_image_layout(cfg)
+    r, c, e, d, h = cfg.rows, cfg.cols, cfg.experts, cfg.dim, cfg.expert_hidden
+    t, k, bb, a = cfg.max_tokens, cfg.top_k, cfg.bus_bytes, cfg.acc_bits
+    td, th, te = d // c, -(-h // c), -(-e // c)
+    macs = r * c
+    widest = max(cfg.logit_bits, cfg.gelu_bits, cfg.act_bits)
+    comb_bits = cfg.act_bits + cfg.gate_bits + k.bit_length() + 1  # weighted-sum accumulator
+    token_bits = max(1, (t - 1).bit_length())
+    t_bits, e_bits = t.bit_length(), _range_bits(e)  # queue length, expert index
+    bank_words = max(lay.gate_beats, lay.expert_beats)
+    wa_bits = _range_bits(2 * bank_words * bb + 2 * c + 1)  # weight byte address
+    byte_shift = bb.bit_length() - 1
+    g = cfg.gelu  # one lane per array column
+
+    inv = Inventory(fixed_lut=_CSR_LUT, fixed_ff=_CSR_FF)
+    # MAC array, a requantizer per column after it and one after the GELU, and the W2 combine
+    # (value x gate weight with a zero sign bit on the unsigned weight)
+    inv.multipliers = [(8, 8)] * macs + [(a, 32)] * c + [(cfg.gelu_bits, 32)] * c
+    inv.multipliers += [(cfg.act_bits, cfg.gate_bits + 1)] * c
+    # the accumulators, the registered W2 products and GELU interpolations (counted in the GELU
+    # lanes' registers): DSP P registers
+    interp_bits = g.rom_bits + g.low_bits + 2 if g.low_bits else 0
+    inv.accumulator_bits = macs * a + c * comb_bits + c * interp_bits
+
+    # Every Memory, once per read port (each reads its own address). The token, hidden and
+    # queue buffers have a port per array row; the weight buffer (two banks) one per column for
+    # the weights and one per column for the biases (one per bias byte when a bus word is
+    # narrower than a bias).
+    bias_ports = c if bb >= 4 else 4 * c
+    inv.memories = _ram(2 * bank_words, 8 * bb, c + bias_ports)
+    inv.memories += _ram(t * td, 8 * c, r)  # tokens
+    inv.memories += _ram(t * th, 8 * c, r)  # hidden activations
+    inv.memories += _ram(e * t, token_bits + cfg.gate_bits, r)  # queues: (token, gate weight)
+    inv.memories += _ram(t * te, c * cfg.logit_bits, 1)  # logits
+    inv.memories += _ram(t * td, c * comb_bits, 1)  # output accumulators
+
+    # Registers: accumulators and W2 products; header words (3 requant words of 31 + 6 bits
+    # per bank); CSRs beyond the generic bridge (TOKENS, TASK, WEIGHT_BASE, CYCLES,
+    # WEIGHT_BYTES, queue lengths)
+    reg = macs * a + c * comb_bits + 2 * 3 * 37 + 5 * 32 - byte_shift + e * t_bits + 2 * e_bits
+    # fetch: address, beats left / received, bank flags; sequencer counters and the tile's
+    # addressing state; the token load counter
+    reg += 32 + 2 * bank_words.bit_length() + 8
+    reg += 2 * _range_bits(t + r + 1) + _range_bits(max(te, th, td) + 1) + 2 * t_bits
+    reg += _range_bits(max(d, h) + 1) + _range_bits(max(td, th) + 1) + 2 * _range_bits(c)
+    reg += wa_bits + _range_bits(r) + 3 * (t * td).bit_length() + 16
+    # byte selects of the weight and bias read ports
+    reg += c * byte_shift + (c * (byte_shift - 2) if bb >= 4 else 4 * c * byte_shift)
+    # post-processing: drained row stage, GELU tags, hidden stage, y register
+    hid_addr_bits = (t * th + r * th).bit_length()
+    reg += c * widest + token_bits + _range_bits(t + r + 1) + cfg.gate_bits + 8
+    reg += 4 * hid_addr_bits + c * cfg.act_bits + c * 8 + 8
+    # routing: top-k slots (value, expert) and the scan / feed / collect counters
+    reg += k * (cfg.logit_bits + e_bits) + 3 * e.bit_length() + 2 * _range_bits(c)
+    reg += 3 * k.bit_length() + e_bits + 3 * e_bits + 8
+    inv.reg_bits = reg
+
+    # Adders and comparators: CSR counters and checks, 32-bit fetch address arithmetic, per-row
+    # operand addresses (row = m0 + r, its bound check, token / hidden / queue addresses), the
+    # weight and bias port addresses, the requantizers' rounding adders, the W2 read-modify-write
+    # and the output rounding, the queue-length counters.
+    addr_bits = max((t * td).bit_length(), (t * th).bit_length())
+    adders = 4 * 32 + 64 + 3 * 32 + 3 * bank_words.bit_length()
+    adders += r * (3 * _range_bits(t + r + 1) + 2 * addr_bits + (e * t).bit_length())
+    adders += (c - 1) * wa_bits + 4 * wa_bits + c * wa_bits
+    adders += c * (a + 32 + widest + 16) + c * (cfg.gelu_bits + 32 + cfg.act_bits + 16)
+    adders += 2 * c * comb_bits + e * t_bits + 6 * _range_bits(max(d, h) + 1) + 32
+    inv.adder_bits = adders
+
+    # Multiplexers: drain row select, bias-or-accumulator preload, per-row operand select (token
+    # or hidden word, then the byte of lane k % cols), bus-word byte selects, barrel shifters of
+    # the two requantizers per column, per-phase saturation, top-k slot shifting and picks,
+    # queue-length picks and the CSR read multiplexer.
+    mux = c * a * max(0, r - 1) + macs * a
+    mux += r * (8 * c + 8 * (c - 1))
+    mux += c * 8 * (bb - 1) + (c * 32 * (bb // 4 - 1) if bb >= 4 else 4 * c * 8 * (bb - 1))
+    mux += c * ((a + 32) + (cfg.gelu_bits + 32)) * 6 * 2 + 2 * c * widest
+    mux += (c - 1) * cfg.logit_bits + 3 * k * (cfg.logit_bits + e_bits)
+    mux += 3 * (e - 1) * t_bits + (r - 1) * (token_bits + cfg.gate_bits) + 4 * 37
+    mux += 5 * 32 + e * t_bits + 3 * wa_bits
+    inv.mux_bits = mux
+
+    # routing softmax over the top_k selected logits (its row buffer included), GELU per column
+    sm = cfg.softmax
+    if k == 1:
+        # A one-element row is its own maximum: the running sum is the constant exp(0), so
+        # Yosys removes the sum's exp unit and its rescale product.
+        routing = _softmax_core(sm, exp_units=1)
+        routing.multipliers.remove((sm.sum_bits, sm.exp_frac + 1))
+    else:
+        routing = _softmax_core(sm)
+    routing.memories += _ram(2 * k, cfg.logit_bits, 1)
+    return _merge(inv, routing, _gelu(g))
+
+
 _INVENTORIES = {
     "gemm": _gemm,
     "softmax": _softmax,
     "gelu": _gelu,
     "layernorm": _layernorm,
     "attention": _attention,
+    "moe": _moe,
 }
 
 
@@ -235,7 +398,7 @@ def inventory(engine: str, cfg: Any) -> Inventory:
 
     Parameters
     ----------
-    engine : {"gemm", "softmax", "gelu", "layernorm", "attention"}
+    engine : {"gemm", "softmax", "gelu", "layernorm", "attention", "moe"}
         Engine name.
     cfg : EngineConfig
         Its configuration.

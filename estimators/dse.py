@@ -141,8 +141,8 @@ class DesignPoint:
     actual : dict, optional
         Yosys counts after :func:`verify`.
     fixed : dict
-        Predicted resources of the engines every design point of a whole-network workload
-        shares (empty for a single-engine workload); ``predicted`` is the searched engine alone.
+        Predicted resources of the other engines of a whole-network design (empty for a
+        single-engine workload); ``predicted`` is the searched engine alone.
     """
 
     config: Any
@@ -309,9 +309,10 @@ def _rank(
     *,
     max_utilization: float,
     clock_mhz: float | None,
-    fixed: dict[str, float] | None = None,
+    fixed: Sequence[dict[str, float]] | None = None,
 ) -> list[DesignPoint]:
-    # Predict, check the budget (with the shared engines' resources), mark the fronts, sort.
+    # Predict, check the budget (with the other engines' resources, one dict per candidate),
+    # mark the fronts, sort.
     from tessera.estimators.surrogate import row_for
 
     if not 0 < max_utilization <= 1:
@@ -329,7 +330,7 @@ def _rank(
             clock = predicted.get("fmax_mhz", ECP5_CLOCK_MHZ)
         else:
             clock = XILINX_CLOCK_MHZ
-        point = DesignPoint(cfg, predicted, cycles[i], clock, fixed=dict(fixed or {}))
+        point = DesignPoint(cfg, predicted, cycles[i], clock, fixed=dict(fixed[i] if fixed else {}))
         point.fits = all(point.total(r) <= max_utilization * budget[r] for r in budget)
         points.append(point)
     feasible = [p for p in points if p.fits]
@@ -353,12 +354,13 @@ def explore_m3vit(
 ) -> list[DesignPoint]:
     """Search the MAC array of an accelerator for the whole M³ViT (``--workload m3vit-tiny``).
 
-    The accelerator runs every op of the network one after the other: the linear layers and the
-    MoE layers (gate GEMM and expert FFNs) on one ``rows x cols`` MAC array, whose
-    ``TemporalGemm`` configuration is searched, next to the network's own attention, LayerNorm
-    and GELU engines, which every design point shares (their predicted resources are
-    :attr:`DesignPoint.fixed`). The MoE engine's queues and weight banks are not in the
-    synthesized dataset, so they are not counted.
+    The accelerator runs every op of the network one after the other: the linear layers on a
+    ``TemporalGemm`` of ``rows x cols`` MACs, whose configuration is searched, and the MoE layers
+    (gate GEMM, routing, expert FFNs) on a ``MoeEngine`` with an array of the same shape, next to
+    the network's own attention, LayerNorm and GELU engines. :attr:`DesignPoint.predicted` is
+    the ``TemporalGemm``; :attr:`DesignPoint.fixed` holds the predicted resources of the other
+    engines (the ``MoeEngine`` at the point's array shape plus the shared engines), which count
+    against the budget.
 
     Parameters
     ----------
@@ -372,9 +374,14 @@ def explore_m3vit(
     Returns
     -------
     list of DesignPoint
-        :attr:`DesignPoint.cycles` is per image, averaged over the tasks.
+        :attr:`DesignPoint.cycles` is per image, averaged over the images and tasks, from
+        :func:`~tessera.estimators.m3vit_cycles.accelerator_cycles` (the RTL's count).
     """
-    from tessera.estimators.m3vit_cycles import m3vit_cycles, m3vit_routings
+    from tessera.estimators.m3vit_cycles import (
+        accelerator_cycles,
+        m3vit_routings,
+        moe_config_for,
+    )
     from tessera.estimators.surrogate import row_for
 
     d = qm.cfg.embed_dim
@@ -387,7 +394,10 @@ def explore_m3vit(
     routings = [m3vit_routings(qm, images, t) for t in range(qm.cfg.num_tasks)]
     cycles = [
         round(
-            sum(sum(m3vit_cycles(qm, t, r, gemm_cfg=c).values()) for t, r in enumerate(routings))
+            sum(
+                sum(accelerator_cycles(qm, t, r, gemm_cfg=c).values())
+                for t, r in enumerate(routings)
+            )
             / (count * len(routings))
         )
         for c in candidates
@@ -397,8 +407,16 @@ def explore_m3vit(
         "layernorm": qm.blocks[0].norm1.cfg,
         "gelu": qm.moe_cfg.gelu,
     }
+    resources = ("lut", "ff", "dsp", "bram")
     preds = surrogate.predict([row_for(e, c, device.family) for e, c in shared.items()])
-    fixed = {r: float(sum(preds[r])) for r in ("lut", "ff", "dsp", "bram") if r in preds}
+    common = {r: float(sum(preds[r])) for r in resources if r in preds}
+    moe = surrogate.predict(
+        [row_for("moe", moe_config_for(qm, c), device.family) for c in candidates]
+    )
+    fixed = [
+        {r: common[r] + float(moe[r][i]) for r in resources if r in common and r in moe}
+        for i in range(len(candidates))
+    ]
     return _rank(
         candidates,
         "gemm",

@@ -270,7 +270,7 @@ def _pipeline(
     points = explore_m3vit(qm, images[:8], device, trained_surrogate())
     feasible = [p for p in points if p.fits]
     if not feasible:
-        raise ValueError(f"no MAC array fits {part} next to the shared engines")
+        raise ValueError(f"no MAC array fits {part} next to the MoE and shared engines")
     best = feasible[0]
     if opts.resynthesize:
         verify([best], device.family, cache_dir=Path(opts.build) / "synth")
@@ -503,7 +503,10 @@ def _markdown(summary: dict[str, Any]) -> str:
         f" acc{cfg['acc_bits']}, {d['cycles']:,} cycles per image, {d['latency_us']} µs at "
         f"{d['clock_mhz']} MHz."
     )
-    lines += ["", "| resource | array predicted | array synthesized | shared engines predicted |"]
+    lines += [
+        "",
+        "| resource | array predicted | array synthesized | MoE and shared engines predicted |",
+    ]
     lines += ["|---|---|---|---|"]
     for r in ("lut", "ff", "dsp", "bram"):
         actual = (d["actual"] or {}).get(r)
