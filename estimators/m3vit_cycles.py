@@ -41,10 +41,10 @@ from tessera.models.attention import AttentionConfig
 from tessera.models.gemm import GemmConfig
 from tessera.models.m3vit_quant import QuantM3ViT
 from tessera.models.moe import MoeConfig, MoeRouting, route
+from tessera.rtl.epilogue import BASE_LATENCY as EPILOGUE_LATENCY
 from tessera.rtl.moe import check_engine_config
 
 __all__ = [
-    "EPILOGUE_LATENCY",
     "START_CYCLES",
     "accelerator_cycles",
     "attention_block_cycles",
@@ -187,9 +187,6 @@ def m3vit_routings(
     return out
 
 
-#: Register stages of a linear unit's epilogue (bias, requantization, saturation) without GELU;
-#: a fused GELU adds :data:`~tessera.estimators.cycles.GELU_LATENCY` (``rtl/epilogue.py``).
-EPILOGUE_LATENCY = 5
 #: Cycles of the AXI-Lite start write that a GEMM's or attention engine's ``CYCLES`` register
 #: counts before the datapath's op begins.
 START_CYCLES = 2

@@ -215,16 +215,32 @@ def _attention_grid() -> Iterator[AttentionConfig]:
 def _moe_grid() -> Iterator[MoeConfig]:
     from tessera.rtl.moe import check_engine_config
 
-    shapes = itertools.product((1, 2, 4, 8), (1, 2, 4, 8), (16, 32, 64), (16, 32, 64), (2, 4, 8))
+    axes = (
+        (1, 2, 4, 8),  # rows
+        (1, 2, 4, 8),  # cols
+        (16, 32, 64),  # dim
+        (16, 32, 64),  # expert_hidden
+        (2, 4, 8),  # experts
+        (1, 2),  # top_k
+        (1, 2, 4),  # tasks
+        (32, 64, 256),  # max_tokens
+        (24, 32),  # acc_bits
+        (4, 8, 16),  # bus_bytes
+        ((12, 8), (16, 16)),  # logit_bits, gate_bits
+    )
     for (
         rows,
         cols,
         dim,
         hidden,
         experts,
-    ), top_k, tasks, tokens, acc_bits, bus, widths in itertools.product(
-        shapes, (1, 2), (1, 2, 4), (32, 64, 256), (24, 32), (4, 8, 16), ((12, 8), (16, 16))
-    ):
+        top_k,
+        tasks,
+        tokens,
+        acc_bits,
+        bus,
+        widths,
+    ) in itertools.product(*axes):
         if rows * cols > 32 or top_k > experts:
             continue
         logit_bits, gate_bits = widths

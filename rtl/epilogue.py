@@ -48,9 +48,11 @@ from tessera.rtl.emit import emit
 from tessera.rtl.gelu import LATENCY as GELU_LATENCY
 from tessera.rtl.gelu import GeluRom
 
-__all__ = ["TOP_NAME", "Epilogue", "generate_epilogue", "latency", "stream_layout"]
+__all__ = ["BASE_LATENCY", "TOP_NAME", "Epilogue", "generate_epilogue", "latency", "stream_layout"]
 
 TOP_NAME = "epilogue"
+#: Register stages of the unit without GELU (bias, requantization, saturation, output).
+BASE_LATENCY = 5
 _BIAS_BITS = 32
 _MULT_BITS = 31
 _SHIFT_BITS = 6
@@ -59,7 +61,7 @@ _SHIFT_BITS = 6
 def latency(cfg: EpilogueConfig) -> int:
     """Register stages from ``x`` to ``y``: a beat taken on ``x`` at clock edge ``t`` is taken on
     a ready ``y`` at edge ``t + latency`` (without stalls)."""
-    return 5 + (GELU_LATENCY if cfg.gelu is not None else 0)
+    return BASE_LATENCY + (GELU_LATENCY if cfg.gelu is not None else 0)
 
 
 def stream_layout(cfg: EpilogueConfig) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tessera.estimators.cycles import attention_cycles, gemm_cycles, layernorm_cycles
-from tessera.estimators.m3vit_cycles import attention_block_cycles
+from tessera.estimators.m3vit_cycles import START_CYCLES, attention_block_cycles
 from tessera.models.m3vit import digits_tasks, load_m3vit
 from tessera.models.m3vit_quant import quantize_m3vit
 from tessera.rtl.epilogue import latency as epilogue_latency
@@ -80,9 +80,9 @@ def test_block0_bit_exact_on_rtl(setup, sim: str, stalls: float) -> None:
     blk = qm.blocks[0]
     assert by_op["norm1"] == layernorm_cycles(t, blk.norm1.cfg)
     assert by_op["norm2"] == layernorm_cycles(t, blk.norm2.cfg)
-    # The testbench's count of an op starts when its start write completes, 2 cycles after the
-    # engine's own CYCLES count starts.
-    start = 2
+    # The testbench's count of an op starts when its start write completes, START_CYCLES after
+    # the engine's own CYCLES count starts.
+    start = START_CYCLES
     assert by_op["attn.h0"] == by_op["attn.h1"] == model["attn.h0"] - start
     unit = {"q": "qkv", "k": "qkv", "v": "qkv", "out": "residual", "fc1": "fc1", "fc2": "residual"}
     for name, linear in unit.items():

@@ -64,7 +64,6 @@ def test_whole_network_bit_exact_on_rtl(setup, run) -> None:
             tokens = qm.moe_norm(i, trace[f"block{i}.attn"])[0]
             np.testing.assert_array_equal(run.outputs[f"block{i}.norm2"], tokens)
     np.testing.assert_array_equal(run.logits, qm.forward(images[IMAGE : IMAGE + 1], TASK)[0])
-    assert run.cycles == sum(run.cycles_by_stage().values())
 
 
 def test_cycles_equal_the_accelerator_model(setup, run) -> None:
@@ -76,7 +75,6 @@ def test_cycles_equal_the_accelerator_model(setup, run) -> None:
     model = accelerator_cycles(qm, TASK, routings, gemm_cfg=gemm_cfg)
     measured = run.cycles_by_stage()
     assert measured == {k: v for k, v in model.items() if k != "head.gemm"}
-    assert run.cycles == sum(measured.values())
     moe_cfg = moe_config_for(qm, gemm_cfg)
     ops = m3vit_cycles(qm, TASK, routings, gemm_cfg=gemm_cfg)
     for i, blk in enumerate(qm.blocks):
